@@ -1,0 +1,172 @@
+"""Every syscall pyrun makes from Python goes through this module.
+
+The functions wrap ``pyrun._native`` (native/syscalls.c) and raise
+:class:`SyscallError`, an :class:`OSError` subclass that keeps ``errno`` and
+``filename`` and names the call, its paths and its flags (``MS_BIND|MS_REC``),
+as runc's ``mountError`` does.  The container child stage does not come
+through here: it runs in C (native/container.c), see native/README.md.
+"""
+import errno as _errno
+import os
+
+from pyrun._native import ffi, lib
+
+# clone(2) / unshare(2) / setns(2) namespace flags.
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+CLONE_PIDFD = 0x00001000
+
+CLONE_FLAGS = {
+    "CLONE_NEWNS": CLONE_NEWNS,
+    "CLONE_NEWCGROUP": CLONE_NEWCGROUP,
+    "CLONE_NEWUTS": CLONE_NEWUTS,
+    "CLONE_NEWIPC": CLONE_NEWIPC,
+    "CLONE_NEWUSER": CLONE_NEWUSER,
+    "CLONE_NEWPID": CLONE_NEWPID,
+    "CLONE_NEWNET": CLONE_NEWNET,
+    "CLONE_NEWTIME": CLONE_NEWTIME,
+    "CLONE_PIDFD": CLONE_PIDFD,
+}
+
+# mount(2) flags (<sys/mount.h>).
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_UNBINDABLE = 0x20000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+MS_LAZYTIME = 0x2000000
+
+MS_FLAGS = {
+    name: value
+    for name, value in globals().items()
+    if name.startswith("MS_") and isinstance(value, int)
+}
+
+MNT_FORCE = 1
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+
+def flag_names(value, table):
+    """Render ``value`` as ``A|B|0x..`` using the names in ``table``."""
+    names = []
+    for name, bit in sorted(table.items(), key=lambda kv: kv[1]):
+        if bit and value & bit == bit:
+            names.append(name)
+            value &= ~bit
+    if value:
+        names.append(hex(value))
+    return "|".join(names) or "0"
+
+
+class SyscallError(OSError):
+    """A failed syscall.  ``errno`` and ``filename`` survive; ``syscall``
+    names the call and ``detail`` its arguments in readable form."""
+
+    def __init__(self, err, syscall, detail="", filename=None):
+        self.syscall = syscall
+        self.detail = detail
+        msg = f"{syscall}({detail}): {os.strerror(err)}" if detail else f"{syscall}: {os.strerror(err)}"
+        super().__init__(err, msg, filename)
+
+    def __str__(self):
+        return f"[Errno {self.errno} {_errno.errorcode.get(self.errno, '?')}] {self.strerror}"
+
+
+def _check(ret, syscall, detail="", filename=None):
+    if ret < 0:
+        raise SyscallError(ffi.errno, syscall, detail, filename)
+    return ret
+
+
+def _b(s):
+    if s is None:
+        return ffi.NULL
+    return os.fsencode(s)
+
+
+def mount(source, target, fstype, flags=0, data=None):
+    """mount(2).  Raises SyscallError naming source, target, type, flags
+    by name and data."""
+    ret = lib.pr_mount(_b(source), _b(target), _b(fstype), flags, _b(data))
+    if ret < 0:
+        detail = (f"{source!r}, {target!r}, {fstype!r}, "
+                  f"{flag_names(flags, MS_FLAGS)}, {data!r}")
+        raise SyscallError(ffi.errno, "mount", detail, target)
+
+
+def umount2(target, flags=0):
+    """umount2(2); ``flags`` is MNT_DETACH, MNT_FORCE, UMOUNT_NOFOLLOW."""
+    _check(lib.pr_umount2(_b(target), flags), "umount2", f"{target!r}, {flags}", target)
+
+
+def unshare(flags):
+    """unshare(2) with CLONE_* flags."""
+    _check(lib.pr_unshare(flags), "unshare", flag_names(flags, CLONE_FLAGS))
+
+
+def setns(fd, nstype=0):
+    """setns(2): join the namespace that ``fd`` refers to."""
+    _check(lib.pr_setns(fd, nstype), "setns", f"{fd}, {flag_names(nstype, CLONE_FLAGS)}")
+
+
+def pivot_root(new_root, put_old):
+    """pivot_root(2)."""
+    _check(lib.pr_pivot_root(_b(new_root), _b(put_old)), "pivot_root",
+           f"{new_root!r}, {put_old!r}", new_root)
+
+
+def sethostname(name):
+    """sethostname(2) in the caller's UTS namespace."""
+    b = os.fsencode(name)
+    _check(lib.pr_sethostname(b, len(b)), "sethostname", repr(name))
+
+
+def setdomainname(name):
+    """setdomainname(2) in the caller's UTS namespace."""
+    b = os.fsencode(name)
+    _check(lib.pr_setdomainname(b, len(b)), "setdomainname", repr(name))
+
+
+def pidfd_open(pid):
+    """pidfd_open(2); returns the fd."""
+    return _check(lib.pr_pidfd_open(pid, 0), "pidfd_open", str(pid))
+
+
+def pidfd_send_signal(pidfd, sig):
+    """pidfd_send_signal(2): signal the process that ``pidfd`` refers to."""
+    _check(lib.pr_pidfd_send_signal(pidfd, sig, 0), "pidfd_send_signal", f"{pidfd}, {sig}")
+
+
+def close_range(first, last=0xFFFFFFFF, flags=0):
+    """close_range(2)."""
+    _check(lib.pr_close_range(first, last, flags), "close_range", f"{first}, {last}, {flags}")
+
+
+def mount_setattr(path, attr_set=0, attr_clr=0, propagation=0, recursive=False, dfd=-100):
+    """mount_setattr(2), e.g. MOUNT_ATTR_RDONLY recursively (``rro``)."""
+    flags = 0x8000 if recursive else 0  # AT_RECURSIVE
+    _check(lib.pr_mount_setattr(dfd, _b(path), flags, attr_set, attr_clr, propagation, 0),
+           "mount_setattr", f"{path!r}, set={attr_set:#x}, clr={attr_clr:#x}", path)
