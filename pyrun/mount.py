@@ -4,9 +4,8 @@ Snapshotters return a list of :class:`Mount` and never perform them; whoever
 needs the filesystem calls :func:`mount_all` (containerd's ``mount.Mount`` and
 ``mount.All``).
 """
-from dataclasses import dataclass, field
-
 from pyrun import linux
+from pyrun.record import Frozen
 
 # Options that map to mount(2) flags: name -> (clear?, flag).
 _FLAG_OPTIONS = {
@@ -59,8 +58,7 @@ def parse_options(options):
     return flags, ",".join(data)
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Frozen):
     """One filesystem mount: ``mount -t TYPE -o OPTIONS SOURCE TARGET``.
 
     ``target`` is relative to the directory given to :func:`mount_all`
@@ -68,7 +66,5 @@ class Mount:
     strings (``ro``, ``rbind``, ``lowerdir=…``).
     """
 
-    type: str
-    source: str
-    target: str = ""
-    options: tuple = field(default_factory=tuple)
+    __slots__ = ("type", "source", "target", "options")
+    _defaults = {"target": "", "options": ()}
