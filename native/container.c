@@ -147,105 +147,124 @@ static int wait_parent(struct pr_plan *p)
 
 /*
  * Open `path` (relative to the container root) with every component
- * resolved inside the root, as if the root were "/": symlinks, "..", and
- * absolute links cannot leave it (openat2 RESOLVE_IN_ROOT).  Missing
- * components are created as directories; the last one as `last_kind`
- * (PR_MK_DIR, PR_MK_FILE, or PR_MK_NONE to fail with ENOENT).  Returns an
- * O_PATH fd.  This closes the class of CVE-2021-30465 (a symlink swapped in
- * where a mount target should be).
+ * resolved inside the root, as if the root were "/": symlinks (absolute or
+ * relative), "..", and magic links cannot leave it.  Missing components are
+ * created as directories, the last one as `last_kind` (PR_MK_DIR,
+ * PR_MK_FILE, or PR_MK_NONE to fail with ENOENT), following symlinks inside
+ * the root as runc's MkdirAllInRoot does.  Returns an O_PATH fd or -errno.
+ *
+ * Each step opens the resolved prefix (which holds no symlinks) with
+ * openat2(RESOLVE_IN_ROOT), so even a symlink swapped in during the walk is
+ * resolved inside the root.  This closes the class of CVE-2021-30465.
  */
 static int open_in_root(struct pr_plan *p, int rootfd, const char *path, int last_kind)
 {
-	char *buf = p->path_buf;
-	size_t len = pr_strlen(path), i = 0;
-	int fd;
+	char *todo = p->path_buf, *done = p->path_buf2, *link = p->link_buf;
+	size_t tlen = pr_strlen(path), dlen = 0, i = 0;
+	int links = 0, fd;
 
-	if (len >= PR_PATH_MAX)
+	if (tlen >= PR_PATH_MAX)
 		return -ENAMETOOLONG;
 	fd = pr_openat2(rootfd, path, PR_O_PATH | O_CLOEXEC, 0,
 			PR_RESOLVE_IN_ROOT | PR_RESOLVE_NO_MAGICLINKS);
 	if (fd >= 0 || errno != ENOENT || last_kind == PR_MK_NONE)
 		return fd >= 0 ? fd : -errno;
 
-	/* Walk down, creating what is missing. */
-	memcpy(buf, path, len + 1);
-	while (i < len) {
-		size_t start, end;
-		int parent, is_last, r;
-		char saved;
+	memcpy(todo, path, tlen + 1);
+	done[0] = 0;
+	while (i < tlen) {
+		size_t start, clen;
+		int is_last, r;
+		struct stat st;
 
-		while (i < len && buf[i] == '/')
+		while (i < tlen && todo[i] == '/')
 			i++;
-		if (i >= len)
+		if (i >= tlen)
 			break;
 		start = i;
-		while (i < len && buf[i] != '/')
+		while (i < tlen && todo[i] != '/')
 			i++;
-		end = i;
+		clen = i - start;
 		{
-			size_t j = end;
-			while (j < len && buf[j] == '/')
+			size_t j = i;
+			while (j < tlen && todo[j] == '/')
 				j++;
-			is_last = (j >= len);
+			is_last = (j >= tlen);
 		}
-		saved = buf[end];
-		buf[end] = 0;
-		fd = pr_openat2(rootfd, buf, PR_O_PATH | O_CLOEXEC, 0,
-				PR_RESOLVE_IN_ROOT | PR_RESOLVE_NO_MAGICLINKS);
-		if (fd >= 0) {
-			buf[end] = saved;
-			if (!is_last)
-				syscall(SYS_close, fd);
-			else
-				return fd;
+		if (clen == 1 && todo[start] == '.')
+			continue;
+		if (clen == 2 && todo[start] == '.' && todo[start + 1] == '.') {
+			while (dlen > 0 && done[dlen - 1] != '/')
+				dlen--;
+			if (dlen > 0)
+				dlen--;
+			done[dlen] = 0;
 			continue;
 		}
-		if (errno != ENOENT) {
-			r = -errno;
-			buf[end] = saved;
-			return r;
+		if (dlen + 1 + clen >= PR_PATH_MAX)
+			return -ENAMETOOLONG;
+		done[dlen] = '/';
+		memcpy(done + dlen + 1, todo + start, clen);
+		done[dlen + 1 + clen] = 0;
+
+		fd = pr_openat2(rootfd, done, PR_O_PATH | O_NOFOLLOW | O_CLOEXEC, 0,
+				PR_RESOLVE_IN_ROOT | PR_RESOLVE_NO_MAGICLINKS);
+		if (fd >= 0) {
+			if (syscall(SYS_fstat, fd, &st) < 0) {
+				r = -errno;
+				syscall(SYS_close, fd);
+				return r;
+			}
+			if (S_ISLNK(st.st_mode)) {
+				/* Splice the link's target in front of what is left. */
+				long n = syscall(SYS_readlinkat, fd, "", link, PR_PATH_MAX - 1);
+				size_t rest = tlen - i;
+				syscall(SYS_close, fd);
+				if (n < 0)
+					return -errno;
+				if (++links > 40)
+					return -ELOOP;
+				if ((size_t)n + 1 + rest >= PR_PATH_MAX)
+					return -ENAMETOOLONG;
+				memmove(link + n, todo + i, rest + 1);
+				memcpy(todo, link, (size_t)n + rest + 1);
+				tlen = (size_t)n + rest;
+				i = 0;
+				if (link[0] == '/')
+					dlen = 0;	/* absolute: from the root */
+				done[dlen] = 0;
+				continue;
+			}
+			syscall(SYS_close, fd);
+			dlen += 1 + clen;
+			continue;
 		}
-		/* Resolve the parent inside the root, then create the entry
-		 * relative to that fd: never by a path the container controls. */
-		if (start == 0) {
-			parent = pr_openat2(rootfd, ".", PR_O_PATH | O_CLOEXEC, 0,
-					    PR_RESOLVE_IN_ROOT);
-		} else {
-			char c = buf[start - 1];
-			buf[start - 1] = 0;
-			parent = pr_openat2(rootfd, buf, PR_O_PATH | O_CLOEXEC, 0,
-					    PR_RESOLVE_IN_ROOT | PR_RESOLVE_NO_MAGICLINKS);
-			buf[start - 1] = c;
-		}
-		if (parent < 0) {
-			r = -errno;
-			buf[end] = saved;
-			return r;
-		}
+		if (errno != ENOENT)
+			return -errno;
+		/* Create the missing entry relative to its resolved parent. */
+		done[dlen] = 0;
+		fd = pr_openat2(rootfd, dlen ? done : ".", PR_O_PATH | O_CLOEXEC, 0,
+				PR_RESOLVE_IN_ROOT | PR_RESOLVE_NO_MAGICLINKS);
+		done[dlen] = '/';
+		if (fd < 0)
+			return -errno;
 		if (is_last && last_kind == PR_MK_FILE) {
-			int f = (int)syscall(SYS_openat, parent, buf + start,
+			int f = (int)syscall(SYS_openat, fd, done + dlen + 1,
 					     O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
 			r = f < 0 ? -errno : 0;
 			if (f >= 0)
 				syscall(SYS_close, f);
 		} else {
-			r = syscall(SYS_mkdirat, parent, buf + start, 0755) < 0 ? -errno : 0;
+			r = syscall(SYS_mkdirat, fd, done + dlen + 1, 0755) < 0 ? -errno : 0;
 		}
-		syscall(SYS_close, parent);
-		if (r < 0 && r != -EEXIST) {
-			buf[end] = saved;
-			return r;
-		}
-		fd = pr_openat2(rootfd, buf, PR_O_PATH | O_CLOEXEC, 0,
-				PR_RESOLVE_IN_ROOT | PR_RESOLVE_NO_MAGICLINKS);
-		buf[end] = saved;
-		if (fd < 0)
-			return -errno;
-		if (is_last)
-			return fd;
 		syscall(SYS_close, fd);
+		if (r < 0 && r != -EEXIST)
+			return r;
+		dlen += 1 + clen;
 	}
-	return -ENOENT;
+	fd = pr_openat2(rootfd, dlen ? done : ".", PR_O_PATH | O_CLOEXEC, 0,
+			PR_RESOLVE_IN_ROOT | PR_RESOLVE_NO_MAGICLINKS);
+	return fd < 0 ? -errno : fd;
 }
 
 /* Open the parent directory of `path` inside the root (creating it) and
@@ -269,9 +288,9 @@ static int open_parent_in_root(struct pr_plan *p, int rootfd, const char *path, 
 		fd = pr_openat2(rootfd, ".", PR_O_PATH | O_CLOEXEC, 0, PR_RESOLVE_IN_ROOT);
 		return fd < 0 ? -errno : fd;
 	}
-	memcpy(p->path_buf2, path, cut);
-	p->path_buf2[cut] = 0;
-	fd = open_in_root(p, rootfd, p->path_buf2, PR_MK_DIR);
+	memcpy(p->parent_buf, path, cut);
+	p->parent_buf[cut] = 0;
+	fd = open_in_root(p, rootfd, p->parent_buf, PR_MK_DIR);
 	return fd;
 }
 

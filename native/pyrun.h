@@ -155,6 +155,8 @@ struct pr_plan {
 	char *path_buf;
 	char *path_buf2;
 	char *name_buf;
+	char *link_buf;
+	char *parent_buf;
 };
 
 long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd);

@@ -117,7 +117,7 @@ def cmd_state(args):
 
 def cmd_kill(args):
     from pyrun.runtime.kill import kill, parse_signal
-    kill(_store(args), args.id, parse_signal(args.signal), all=args.all)
+    kill(_store(args), args.id, parse_signal(args.signal or "SIGTERM"), all=args.all)
 
 
 def cmd_delete(args):

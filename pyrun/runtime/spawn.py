@@ -88,7 +88,8 @@ def _build(plan, sync_fd, trace_fd):
     p.root_fd = -1
     bufs = {name: ffi.new("char[]", size) for name, size in
             (("state", _STATE_CAP), ("exec_path", 4096), ("path_buf", 4096),
-             ("path_buf2", 4096), ("name_buf", 4096))}
+             ("path_buf2", 4096), ("name_buf", 4096), ("link_buf", 4096),
+             ("parent_buf", 4096))}
     keep.refs.extend(bufs.values())
     p.state = bufs["state"]
     p.state_cap = _STATE_CAP
@@ -96,6 +97,8 @@ def _build(plan, sync_fd, trace_fd):
     p.path_buf = bufs["path_buf"]
     p.path_buf2 = bufs["path_buf2"]
     p.name_buf = bufs["name_buf"]
+    p.link_buf = bufs["link_buf"]
+    p.parent_buf = bufs["parent_buf"]
     return p, keep
 
 
