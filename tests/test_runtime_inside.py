@@ -122,3 +122,35 @@ def test_symlinked_mount_destination_stays_inside(pyrun, tmp_path, busybox_rootf
     assert r.returncode == 0, r.stderr
     assert list(outside.iterdir()) == []          # nothing created on the host
     assert (rootfs / str(outside).lstrip("/") / "sub").is_dir()  # created inside instead
+
+
+def test_seccomp_errno_and_default_action(pyrun, tmp_path, busybox_rootfs):
+    seccomp = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+            {"names": ["no_such_syscall_anywhere"], "action": "SCMP_ACT_ERRNO"},
+            {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 2, "value": 0o777, "op": "SCMP_CMP_EQ"}]},
+        ],
+    }
+    r = run(pyrun, tmp_path, busybox_rootfs,
+            "mkdir /tmp/x 2>&1; touch /tmp/f; chmod 777 /tmp/f 2>&1; chmod 700 /tmp/f && echo ok",
+            linux_seccomp=seccomp, process_noNewPrivileges=False,
+            mounts=__import__("pyrun.oci.default", fromlist=["x"]).default_spec()["mounts"]
+            + [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}])
+    assert r.returncode == 0, r.stderr
+    assert "Function not implemented" in r.stdout          # errnoRet 38 = ENOSYS
+    assert "Operation not permitted" in r.stdout           # default errnoRet: EPERM
+    assert r.stdout.rstrip().endswith("ok")
+
+
+def test_seccomp_bad_input(pyrun, tmp_path, busybox_rootfs):
+    r = run(pyrun, tmp_path, busybox_rootfs, "true",
+            linux_seccomp={"defaultAction": "SCMP_ACT_BOGUS"})
+    assert r.returncode == 1 and "linux.seccomp.defaultAction: unknown seccomp action" in r.stderr
+    r = run(pyrun, tmp_path, busybox_rootfs, "true",
+            linux_seccomp={"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x.sock"})
+    assert r.returncode == 1 and "listenerPath" in r.stderr
+    assert pyrun("list", "-q").stdout.split() == []

@@ -82,8 +82,6 @@ def validate(spec, need_process=True):
             raise InvalidArgument(f"linux.devices[{i}].path: {d.path!r} is not absolute")
         if d.type != "p" and not (0 <= d.major < 4096 and 0 <= d.minor < (1 << 20)):
             raise InvalidArgument(f"linux.devices[{i}]: device number {d.major}:{d.minor} is out of range")
-    if linux.seccomp is not None:
-        raise NotImplementedYet("linux.seccomp: not supported yet (comes with runtime part 2)")
     if linux.time_offsets:
         raise NotImplementedYet("linux.timeOffsets: not supported yet")
     if linux.intel_rdt is not None:

@@ -119,6 +119,9 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             elif kind == planner.SYNC_HOOKS:
                 st.pid = pid
                 state = st.oci()
+                # The init exists and waits: hooks see "created" with its pid
+                # (crun does; the runtime-tools hooks_stdin test wants it).
+                state["status"] = "created"
                 state["pid"] = pid
                 run_hooks("prestart", spec.hooks.prestart, state)
                 run_hooks("createRuntime", spec.hooks.create_runtime, state)

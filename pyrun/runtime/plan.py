@@ -402,6 +402,7 @@ def build(spec, inp):
     if proc is None:
         return plan
     # ---- identity ----
+    u = proc.user
     if not inp.no_new_keyring:
         name = f"_ses.{inp.container_id}"[:255]
         plan.add(lib.PR_OP_KEYRING, f"join a new session keyring {name}", "identity", s1=name)
@@ -411,6 +412,27 @@ def build(spec, inp):
     for r in proc.rlimits:
         plan.add(lib.PR_OP_RLIMIT, f"setrlimit {r.type} soft={r.soft} hard={r.hard}", "limits",
                  n1=r.resource, flags=r.soft, flags2=r.hard)
+    # Where the process starts, and the last look-ups, happen before the
+    # seccomp filter: a profile may refuse getcwd, close_range or stat.
+    plan.add(lib.PR_OP_CHDIR, f"chdir {proc.cwd}", "exec", s1=proc.cwd)
+    if u.umask is not None:
+        plan.add(lib.PR_OP_UMASK, f"umask {u.umask:04o}", "exec", n1=u.umask)
+    path = next((e[5:] for e in proc.env if e.startswith("PATH=")), "")
+    plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r} in PATH", "exec",
+             s1=proc.args[0], s2=path)
+    plan.add(lib.PR_OP_CLOSE_FDS, f"close-on-exec every fd from {3 + inp.preserve_fds} up", "exec",
+             n1=3 + inp.preserve_fds)
+    seccomp = None
+    if linux.seccomp is not None:
+        from pyrun.seccomp import compile_filter
+        bpf, count, sflags = compile_filter(linux.seccomp)
+        seccomp = dict(kind=lib.PR_OP_SECCOMP, what=f"load the seccomp filter ({count} BPF instructions)",
+                       phase="limits", s1=bpf, n1=count, flags=sflags)
+    if seccomp and not proc.no_new_privileges:
+        # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it
+        # while we still have it, before the identity changes (runc does).
+        plan.add(**seccomp)
+
     caps = proc.capabilities
     last = _last_cap()
     capvals = None
@@ -427,7 +449,6 @@ def build(spec, inp):
         }
         plan.add(lib.PR_OP_CAPBSET, f"drop from the bounding set all but {', '.join(caps.bounding) or 'nothing'}",
                  "identity", caps=capvals)
-    u = proc.user
     no_setgroups = userns_new and _setgroups_denied()
     plan.add(lib.PR_OP_IDENTITY,
              f"setgroups {list(u.additional_gids)}, setresgid {u.gid}, setresuid {u.uid}", "identity",
@@ -438,19 +459,13 @@ def build(spec, inp):
                  f"capset effective={list(caps.effective)} permitted={list(caps.permitted)} "
                  f"inheritable={list(caps.inheritable)} ambient={list(caps.ambient)}",
                  "identity", caps=capvals)
-    plan.add(lib.PR_OP_CHDIR, f"chdir {proc.cwd}", "exec", s1=proc.cwd)
-    if u.umask is not None:
-        plan.add(lib.PR_OP_UMASK, f"umask {u.umask:04o}", "exec", n1=u.umask)
     if proc.no_new_privileges:
         plan.add(lib.PR_OP_NO_NEW_PRIVS, "prctl PR_SET_NO_NEW_PRIVS", "identity")
-    path = next((e[5:] for e in proc.env if e.startswith("PATH=")), "")
-    plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r} in PATH", "exec",
-             s1=proc.args[0], s2=path)
-    plan.add(lib.PR_OP_CLOSE_FDS, f"close-on-exec every fd from {3 + inp.preserve_fds} up", "exec",
-             n1=3 + inp.preserve_fds)
     plan.add(lib.PR_OP_WAIT_START, "wait for start (exec fifo)", "exec", fd=inp.fifo_fd)
     for i, h in enumerate(spec.hooks.start_container):
         _plan_hook(plan, "startContainer", i, h)
+    if seccomp and proc.no_new_privileges:
+        plan.add(**seccomp)  # as late as possible: fewer syscalls need allowing
     plan.add(lib.PR_OP_EXEC, f"execve {list(proc.args)}", "exec",
              argv=list(proc.args), envp=list(proc.env))
     return plan

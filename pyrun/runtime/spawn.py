@@ -39,7 +39,7 @@ class _Keep:
     def str(self, s):
         if s is None:
             return ffi.NULL
-        b = ffi.new("char[]", os.fsencode(s))
+        b = ffi.new("char[]", s if isinstance(s, bytes) else os.fsencode(s))
         self.refs.append(b)
         return b
 
