@@ -131,6 +131,8 @@ def test_seccomp_errno_and_default_action(pyrun, tmp_path, busybox_rootfs):
         "syscalls": [
             {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
             {"names": ["no_such_syscall_anywhere"], "action": "SCMP_ACT_ERRNO"},
+            {"names": ["chmod"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 1, "value": 0o777, "op": "SCMP_CMP_EQ"}]},
             {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO",
              "args": [{"index": 2, "value": 0o777, "op": "SCMP_CMP_EQ"}]},
         ],
