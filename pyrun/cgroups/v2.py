@@ -27,6 +27,8 @@ import time
 from pyrun import linux
 from pyrun.errdefs import InvalidArgument, NotImplementedYet, Unavailable
 from pyrun.cgroups import devices
+# cpuset, pids and rdma have the same files and values in both versions.
+from pyrun.cgroups.v1 import pids_stats, set_cpuset, set_pids, set_rdma  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +102,8 @@ def set_cpu(g, c, where="linux.resources.cpu"):
         g.write("cpu.idle", c.idle)
 
 
-def set_cpuset(g, c):
-    if c.cpus:
-        g.write("cpuset.cpus", c.cpus)
-    if c.mems:
-        g.write("cpuset.mems", c.mems)
 
 
-def set_pids(g, p):
-    if p.limit:
-        g.write("pids.max", "max" if p.limit < 0 else p.limit)
 
 
 def set_io(g, b, where="linux.resources.blockIO"):
@@ -141,11 +135,6 @@ def set_hugetlb(g, limits):
             g.write(rsvd, h.limit)
 
 
-def set_rdma(g, rdma):
-    for name, handles, objects in rdma:
-        h = "max" if handles is None else handles
-        o = "max" if objects is None else objects
-        g.write("rdma.max", f"{name} hca_handle={h} hca_object={o}")
 
 
 def set_unified(g, unified):
@@ -255,9 +244,6 @@ def memory_stats(g):
             "raw": raw}
 
 
-def pids_stats(g):
-    limit = g.read("pids.max").strip()
-    return {"current": g.number("pids.current"), "limit": 0 if limit == "max" else int(limit)}
 
 
 def io_stats(g):
