@@ -281,7 +281,8 @@ def test_create_records_and_destroy_removes(tmp_path, monkeypatch):
     # cgroup2: the new intermediate group passes its controllers down.
     assert ("unified", "/pyrun", "cgroup.subtree_control", "+hugetlb") in [
         (h, p, f, v) for h, p, f, v in cg.writes]
-    state = m.to_state()
+    assert m.mount_sources()[os.path.join(cg.root, "unified")] == "/pyrun/c1"
+    state = m.describe()
     again = type(m).from_state(state)
     assert again.paths == m.paths and again.created == m.created
     again.destroy()
@@ -601,6 +602,16 @@ def test_device_state_semantics():
     with pytest.raises(InvalidArgument, match="punch a hole"):
         devices.target_state([DeviceRule(False), DeviceRule(True, "c", None, None, "rwm"),
                               DeviceRule(False, "c", 1, 3, "r")])
+
+
+def test_default_allowed_devices():
+    rules = devices.default_allowed()
+    assert DeviceRule(True, "c", 1, 3, "rwm") in rules and len(rules) == 11
+    # A spec device with the same path replaces the default rule (runc).
+    assert DeviceRule(True, "c", 1, 3, "rwm") not in devices.default_allowed(["/dev/null"])
+    s = devices.target_state(parse_resources({"devices": [{"allow": False, "access": "rwm"}]})
+                             .with_devices(rules).devices)
+    assert s.exceptions[("c", None, None)] == "m" and s.exceptions[("c", 136, None)] == "rwm"
 
 
 def test_v1_transition_from_allow_all_resets():

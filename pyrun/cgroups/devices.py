@@ -74,6 +74,32 @@ class DeviceState:
         return sorted(self.exceptions.items(), key=lambda kv: _sort_key(kv[0]))
 
 
+# The devices every runc container may use besides its spec's rules
+# (runc 1.1 specconv AllowedDevices): mknod of anything, the standard
+# character devices, ptys and /dev/net/tun.  (path or None, rule).
+DEFAULT_ALLOWED = (
+    (None, DeviceRule(True, "c", None, None, "m")),
+    (None, DeviceRule(True, "b", None, None, "m")),
+    ("/dev/null", DeviceRule(True, "c", 1, 3, RWM)),
+    ("/dev/random", DeviceRule(True, "c", 1, 8, RWM)),
+    ("/dev/full", DeviceRule(True, "c", 1, 7, RWM)),
+    ("/dev/tty", DeviceRule(True, "c", 5, 0, RWM)),
+    ("/dev/zero", DeviceRule(True, "c", 1, 5, RWM)),
+    ("/dev/urandom", DeviceRule(True, "c", 1, 9, RWM)),
+    (None, DeviceRule(True, "c", 136, None, RWM)),   # /dev/pts/*
+    (None, DeviceRule(True, "c", 5, 2, RWM)),        # /dev/ptmx
+    (None, DeviceRule(True, "c", 10, 200, RWM)),     # /dev/net/tun
+)
+
+
+def default_allowed(spec_device_paths=()):
+    """The default allow rules to append after the spec's
+    ``linux.resources.devices``.  Like runc, a default whose path is also
+    in the spec's ``linux.devices`` is left out (the spec's entry wins)."""
+    skip = set(spec_device_paths)
+    return tuple(rule for path, rule in DEFAULT_ALLOWED if path is None or path not in skip)
+
+
 def target_state(rules):
     """The state after applying ``rules`` to a deny-all start (runc starts
     every container from deny-all, then the spec's rules, then defaults)."""

@@ -53,14 +53,21 @@ class Manager:
 
     # -- persistence across runtime commands --------------------------------
 
-    def to_state(self):
-        """What a later command (kill, delete, …) needs, as JSON-able data."""
+    def describe(self):
+        """What a later command (kill, delete, …) needs, as JSON-able data
+        for the container's state; :meth:`from_state` takes it back."""
         return {"mode": self.mode, "root": self.root, "paths": self.paths,
                 "created": [list(c) for c in self.created]}
 
     @classmethod
     def from_state(cls, state):
         return cls(state["mode"], state["root"], state["paths"], state["created"])
+
+    def mount_sources(self):
+        """{hierarchy mount point: the container's group path in it}, for
+        the runtime's bind of the container's own groups at /sys/fs/cgroup
+        (symlinks such as cpu -> cpu,cpuacct resolved)."""
+        return {os.path.realpath(self.hierarchy_root(k)): p for k, p in self.paths.items()}
 
     # -- hierarchies ------------------------------------------------------
 
