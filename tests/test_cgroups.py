@@ -417,10 +417,21 @@ def test_v1_devices_transition(fake):
                             ("devices", "devices.deny", "b 8:* r")]
 
 
+def test_v1_devices_deny_list(fake):
+    cg, m = fake("v1")
+    m.set(parse_resources({"devices": [{"allow": True, "access": "rwm"},
+                                       {"allow": False, "type": "c", "major": 10, "minor": 200,
+                                        "access": "rwm"}]}))
+    assert cg.written() == [("devices", "devices.allow", "a *:* rwm"),
+                            ("devices", "devices.deny", "c 10:200 rwm")]
+
+
 def test_v1_freezer_and_oom(fake):
     cg, m = fake("v1")
     m.freeze()
     assert cg.written() == [("freezer", "freezer.state", "FROZEN")]
+    assert m.state() == "frozen"
+    m.kill_all(15)  # no processes; a paused group stays paused
     assert m.state() == "frozen"
     m.thaw()
     assert m.state() == "thawed"

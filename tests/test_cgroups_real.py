@@ -185,25 +185,54 @@ def test_cpu_and_cpuset_files(parent):
     m.destroy()
 
 
-def test_devices_v1_allow_and_deny(parent):
-    m = new_manager(f"{parent}/dev", "dev")
-    m.create()
-    m.set(parse_resources({"devices": [
-        {"allow": False, "access": "rwm"},
-        {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
-    ]}))
-    assert read(f"{ROOT}/devices", m.paths["devices"], "devices.list") == "c 1:3 rwm"
-    p = spawn(
-        "import os\n"
-        "os.close(os.open('/dev/null', os.O_RDWR))\n"
-        "try:\n"
-        "    os.open('/dev/zero', os.O_RDONLY)\n"
-        "    print('zero opened')\n"
-        "except PermissionError:\n"
-        "    print('zero denied')\n")
+OPEN_DEVICES = (
+    "import os, sys\n"
+    "for dev in sys.argv[1:]:\n"
+    "    try:\n"
+    "        os.close(os.open(dev, os.O_RDONLY))\n"
+    "        print(dev, 'opened')\n"
+    "    except PermissionError:\n"
+    "        print(dev, 'denied')\n")
+
+
+def try_open(m, paths):
+    """Open each device from a process in the group: {path: opened?}."""
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(1)\n" + OPEN_DEVICES,
+                          *paths], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
     m.apply(p.pid)
     rc, out, err = go(p)
-    assert (rc, out.strip()) == (0, "zero denied"), err
+    assert rc == 0, err
+    return {line.split()[0]: line.split()[1] == "opened" for line in out.splitlines()}
+
+
+DENY_ALL = {"allow": False, "access": "rwm"}
+ALLOW_ALL = {"allow": True, "access": "rwm"}
+
+
+def char(major, minor, allow=True, access="rwm"):
+    return {"allow": allow, "type": "c", "major": major, "minor": minor, "access": access}
+
+
+@pytest.mark.parametrize("rules, defaults, expect", [
+    # allow-list: /dev/null only
+    ([DENY_ALL, char(1, 3)], False, {"/dev/null": True, "/dev/zero": False, "/dev/kmsg": False}),
+    # deny-list: everything but /dev/zero
+    ([ALLOW_ALL, char(1, 5, allow=False)], False,
+     {"/dev/null": True, "/dev/zero": False, "/dev/kmsg": True}),
+    # runc's defaults after a deny-all
+    ([DENY_ALL], True, {"/dev/null": True, "/dev/zero": True, "/dev/kmsg": False}),
+])
+def test_devices_v1(parent, rules, defaults, expect):
+    m = new_manager(f"{parent}/dev", "dev")
+    m.create()
+    res = parse_resources({"devices": rules})
+    if defaults:
+        res = res.with_devices(devices.default_allowed())
+    m.set(res)
+    if rules[0] is DENY_ALL and not defaults:
+        assert read(f"{ROOT}/devices", m.paths["devices"], "devices.list") == "c 1:3 rwm"
+    assert try_open(m, list(expect)) == expect
     m.destroy()
 
 
@@ -298,17 +327,6 @@ def test_v2_bpf_device_filter_denies(parent):
         assert len(linux.bpf_prog_query(dfd, linux.BPF_CGROUP_DEVICE)) == 1
     finally:
         os.close(dfd)
-    p = spawn(
-        "import os\n"
-        "os.close(os.open('/dev/null', os.O_RDWR))\n"
-        "for dev in ('/dev/zero', '/dev/full'):\n"
-        "    try:\n"
-        "        os.open(dev, os.O_RDONLY)\n"
-        "        print(dev, 'opened')\n"
-        "    except PermissionError:\n"
-        "        print(dev, 'denied')\n")
-    m.apply(p.pid)
-    rc, out, err = go(p)
-    assert rc == 0, err
-    assert out.split("\n")[:2] == ["/dev/zero denied", "/dev/full denied"]
+    assert try_open(m, ["/dev/null", "/dev/zero", "/dev/full"]) == {
+        "/dev/null": True, "/dev/zero": False, "/dev/full": False}
     m.destroy()

@@ -244,14 +244,14 @@ class Manager:
         """Send ``sig`` to every process in the group.  SIGKILL uses
         cgroup.kill when the cgroup2 tree has it (atomic, races no fork);
         otherwise the group is frozen while the signals go out, so that no
-        new child escapes, then thawed."""
+        new child escapes, then thawed (unless it was frozen before)."""
         if sig == signal.SIGKILL and "" in self.paths and self.group("").exists("cgroup.kill"):
             self.group("").write("cgroup.kill", 1)
             return
-        frozen = False
-        if self.backend("freezer") is not None:
+        # A paused container stays paused: only thaw what we froze here.
+        frozen = self.backend("freezer") is not None and self.state() == "thawed"
+        if frozen:
             self.freeze()
-            frozen = True
         try:
             for pid in self.pids():
                 try:

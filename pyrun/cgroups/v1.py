@@ -166,13 +166,16 @@ def set_rdma(g, rdma):
 def set_devices(g, rules):
     """Move the group from its current devices.list to ``rules`` with the
     fewest devices.allow/deny writes, then check devices.list agrees (runc
-    does the same: a mismatch means the kernel did not take a rule)."""
+    does the same: a mismatch means the kernel did not take a rule, e.g.
+    one the parent group does not allow)."""
     target = devices.target_state(rules)
     current = devices.parse_devices_list(g.read("devices.list"))
     for rule in devices.v1_transition(current, target):
         g.write("devices.allow" if rule.allow else "devices.deny", rule.cgroup_string())
     now = devices.parse_devices_list(g.read("devices.list"))
-    if now != target:
+    # devices.list spells out an allow-list only; in deny-list mode it just
+    # says "a *:* rwm", so only the mode can be checked.
+    if now.default_allow != target.default_allow or (not target.default_allow and now != target):
         raise FailedPrecondition(f"{g.dir}/devices.list does not match the requested device "
                                  f"rules after writing them (is the parent group more restricted?)")
 
