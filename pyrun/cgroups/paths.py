@@ -10,7 +10,9 @@ fs2/defaultpath.go and specconv (CreateCgroupConfig), read and re-stated:
 - A relative path is below the cgroup of the calling process, per
   hierarchy (``/proc/self/cgroup``).  On a pure v2 host runc uses the
   *parent* of the caller's cgroup, because the caller's own group holds
-  processes and so cannot have controllers enabled for its children.
+  processes and so cannot have controllers enabled for its children.  In
+  the cgroup2 tree of a hybrid host runc 1.1 (GetOwnCgroupPath(""))
+  takes the tree's root instead: so does pyrun.
 - An empty path means the container id, relative as above.
 """
 import os
@@ -96,6 +98,8 @@ def container_path(cgroups_path, container_id, controller, mode, proc_cgroup):
         raise InvalidArgument("cgroupsPath is empty and no container id was given")
     if inner.startswith("/"):
         return inner
+    if controller == "" and mode == "hybrid":
+        return "/" + inner
     own = own_cgroups(proc_cgroup)
     if controller not in own:
         raise FailedPrecondition(
