@@ -160,4 +160,12 @@ struct pr_plan {
 };
 
 long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd);
+/* cgroup_bpf.c: cgroup v2 device filters. */
+int pr_bpf_prog_load_cgroup_device(const void *insns, unsigned int insn_cnt,
+				   const char *license, char *log_buf, unsigned int log_size);
+int pr_bpf_prog_attach(int target_fd, int prog_fd, unsigned int attach_type, unsigned int flags);
+int pr_bpf_prog_detach(int target_fd, int prog_fd, unsigned int attach_type);
+int pr_bpf_prog_query(int target_fd, unsigned int attach_type, uint32_t *prog_ids,
+		      uint32_t *prog_cnt);
+int pr_bpf_prog_get_fd_by_id(uint32_t id);
 #endif
