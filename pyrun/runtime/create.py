@@ -68,9 +68,10 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
     rootfs = os.path.realpath(rootfs)
     if not os.path.isdir(rootfs):
         raise NotFound(f"root.path: rootfs {rootfs} is not a directory")
-    if spec.linux.resources and cgroup_manager is None:
-        from pyrun.runtime.cgroup import manager_for
-        cgroup_manager = manager_for(spec, cid)
+    if cgroup_manager is None:
+        from pyrun.runtime import cgroup
+        if cgroup.wanted(spec):
+            cgroup_manager = cgroup.manager_for(spec, cid)
 
     store.reserve(cid)
     low = 3 + preserve_fds
@@ -134,9 +135,9 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             cgroup_manager.apply(pid)
         st.pid = pid
         st.start_time = proc_start_time(pid) or 0
-        st.status = Status.CREATED
         if cgroup_manager is not None:
             cgroup_manager.set_resources()
+        st.status = Status.CREATED
         store.save(st)
         if pid_file:
             from pyrun.fsutil import atomic_write

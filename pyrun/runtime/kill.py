@@ -67,6 +67,9 @@ def kill(store, cid, sig=_signal.SIGTERM, all=False, cgroup_manager=None):
     st = store.load(cid)
     require(st, "kill", st.status.can_kill())
     if all:
+        if cgroup_manager is None and st.cgroup:
+            from pyrun.runtime.cgroup import manager_from_state
+            cgroup_manager = manager_from_state(st)
         if cgroup_manager is not None:
             cgroup_manager.kill_all(sig)
             return
