@@ -12,6 +12,7 @@ Behaviour matched: containerd's ``remotes.FetchHandler``/``content.Copy``
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from pyrun.content import Info
 from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound, PyrunError, Unavailable
 from pyrun.registry.client import Client
 from pyrun.registry.manifest import (Descriptor, Index, children, gc_labels, is_index,
@@ -76,18 +77,23 @@ def _abort(store, ref):
 
 def store_bytes(store, desc, data, labels=None, source="registry"):
     """Write ``data`` (bytes already checked against ``desc``) into the
-    store with ``labels``; no-op when the blob is present."""
+    store with ``labels``.  A blob already present gets the labels set
+    (containerd's pull does the same, so gc keeps a re-pulled image's
+    children)."""
     ref = ref_key(desc)
     writer = open_writer(store, ref, desc)
-    if writer is None:
-        return
-    try:
-        writer.truncate(0)
-        writer.write(data)
-    except BaseException:
-        writer.close()
-        raise
-    _commit(store, ref, writer, desc, labels, source)
+    if writer is not None:
+        try:
+            writer.truncate(0)
+            writer.write(data)
+        except BaseException:
+            writer.close()
+            raise
+        _commit(store, ref, writer, desc, labels, source)
+    if labels:
+        current = store.info(desc.digest).labels
+        if any(current.get(k) != v for k, v in labels.items()):
+            store.update(Info(desc.digest, labels=labels), [f"labels.{k}" for k in labels])
 
 
 def fetch_blob(repo, store, desc, progress=None, sleep=time.sleep):
