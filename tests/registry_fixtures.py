@@ -30,7 +30,7 @@ import pytest
 import requests
 
 # What conftest.py's star import brings in: the fixtures only.
-__all__ = ["registry", "basic_registry", "token_registry", "redirect_registry"]
+__all__ = ["registry", "basic_registry", "token_registry", "redirect_registry", "tls_registry"]
 
 USER, PASSWORD = "pyrun", "s3cret"
 TOKEN_SERVICE, TOKEN_ISSUER = "pyrun-test-registry", "pyrun-test-issuer"
@@ -55,7 +55,7 @@ class Registry:
         return f"http://{self.host}{path}"
 
 
-def start_registry(workdir, auth=None, middleware=None):
+def start_registry(workdir, auth=None, middleware=None, tls=None):
     """Start ``docker-registry serve`` with a JSON (= YAML) config; return a
     :class:`Registry` once ``/v2/`` answers."""
     os.makedirs(workdir, exist_ok=True)
@@ -72,6 +72,8 @@ def start_registry(workdir, auth=None, middleware=None):
         config["auth"] = auth
     if middleware:
         config["middleware"] = middleware
+    if tls:
+        config["http"]["tls"] = tls
     cfg = os.path.join(workdir, "config.yml")
     with open(cfg, "w") as f:
         json.dump(config, f)
@@ -82,7 +84,7 @@ def start_registry(workdir, auth=None, middleware=None):
     deadline = time.monotonic() + 15
     while True:
         try:
-            requests.get(reg.url("/v2/"), timeout=1)
+            requests.get(reg.url("/v2/"), timeout=1)  # any answer will do, even to HTTP on TLS
             return reg
         except requests.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -121,6 +123,21 @@ def basic_registry(tmp_path_factory):
     with open(htpasswd, "w") as f:
         f.write(line + "\n")
     reg = start_registry(work, auth={"htpasswd": {"realm": "pyrun-test", "path": htpasswd}})
+    yield reg
+    stop_registry(reg)
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory):
+    """A registry speaking HTTPS with a self-signed certificate for
+    127.0.0.1; its PEM is ``reg.extra["ca_file"]``."""
+    work = str(tmp_path_factory.mktemp("tls-registry"))
+    key, cert = os.path.join(work, "key.pem"), os.path.join(work, "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    reg = start_registry(work, tls={"certificate": cert, "key": key})
+    reg.extra["ca_file"] = cert
     yield reg
     stop_registry(reg)
 

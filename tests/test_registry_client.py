@@ -76,7 +76,7 @@ class FakeRegistry:
                     outcome.url = url
                     return outcome
         if parts.path == "/token":
-            return self._token(parts, headers, url)
+            return self._token(parts, headers, url, data if method == "POST" else None)
         if not self._authorized(headers):
             challenge = ('Basic realm="fake"' if self.auth == "basic" else
                          f'Bearer realm="https://{HOST}/token",service="fake"')
@@ -84,8 +84,11 @@ class FakeRegistry:
                                 b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}', url)
         return self._route(method, parts, headers, data, url)
 
-    def _token(self, parts, headers, url):
-        q = parse_qs(parts.query)
+    def _token(self, parts, headers, url, form=None):
+        q = parse_qs(parts.query) if form is None else parse_qs(form.decode())
+        if form is not None:
+            assert q["grant_type"] == ["refresh_token"] and q["client_id"] == ["pyrun"]
+            q["scope"] = q["scope"][0].split(" ")
         with self.lock:
             self.tokens_issued += 1
             tok = f"tok{self.tokens_issued}:{','.join(q.get('scope', []))}"
@@ -224,6 +227,16 @@ def test_bearer_token_flow_and_cache():
     # a push scope is a different token
     c.repository(parse_reference(f"{HOST}/x:v1"), push=True).blob_exists("sha256:" + "0" * 64)
     assert "scope=repository%3Ax%3Apull%2Cpush" in reg.requests_to("GET", "/token")[-1][1]
+
+
+def test_identity_token_uses_oauth_refresh_grant():
+    reg = FakeRegistry(auth="bearer")
+    image(reg)
+    c = client_for(reg, credentials=lambda host: Credentials("", "refresh-me"))
+    c.repository(parse_reference(f"{HOST}/x:v1")).get_manifest("v1")
+    [(_, url, headers)] = reg.requests_to("POST", "/token")
+    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert reg.tokens_issued == 1
 
 
 def test_basic_auth():
@@ -427,3 +440,42 @@ def test_push_missing_content(store):
     with pytest.raises(NotFound, match="is not in the content store"):
         push(f"{HOST}/x:v1", store, root, client=client_for(reg))
     assert reg.log == []
+
+
+# --- progress
+
+class Tty:
+    def __init__(self, tty):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_on_a_terminal_only():
+    from pyrun.registry.progress import Progress
+
+    out = Tty(True)
+    p = Progress(out)
+    p.add("sha256:" + "a" * 64, 2048)
+    p.add("sha256:" + "b" * 64, 10)
+    p.update("sha256:" + "a" * 64, 1024)
+    p.done("sha256:" + "a" * 64)
+    p.done("sha256:" + "b" * 64, "exists")
+    p.close()
+    last = out.text.rsplit("\x1b[3F", 1)[-1]  # the final redraw of three lines
+    assert "sha256:aaaaaaaaaaaa  done" in last and "2.0 KiB / 2.0 KiB" in last
+    assert "exists" in last and "10 B / 10 B" in last
+    assert "total" in last and "2.0 KiB / 2.0 KiB" in last.splitlines()[-1]
+    quiet = Tty(False)
+    p = Progress(quiet)
+    p.add("sha256:" + "a" * 64, 1)
+    p.done("sha256:" + "a" * 64)
+    p.close()
+    assert quiet.text == ""

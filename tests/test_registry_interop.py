@@ -12,7 +12,7 @@ import pytest
 from pyrun.content import ContentStore, write_blob
 from pyrun.content.digest import digest_bytes
 from pyrun.errdefs import FailedPrecondition
-from pyrun.registry import Client, Descriptor, Hosts, manifest as m, parse_platform, pull, push
+from pyrun.registry import Client, Descriptor, HostOptions, Hosts, manifest as m, parse_platform, pull, push
 from pyrun.registry.fetch import ref_key
 from pyrun.registry.transport import RequestsTransport
 from registry_fixtures import PASSWORD, USER, OCILayout, skopeo
@@ -211,6 +211,20 @@ def test_token_auth(token_registry, tmp_path):
     assert got.digest == root.digest
     assert tokens.requests[before:] == [{"scopes": ["repository:tok/app:pull"], "user": None,
                                          "service": "pyrun-test-registry"}]  # one token, cached
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_ca_file_and_insecure(tls_registry, tmp_path):
+    src, root = single_image(tmp_path)
+    ref = f"{tls_registry.host}/tls/app:1"
+    insecure = Hosts({tls_registry.host: HostOptions(insecure_tls=True)})
+    push(ref, src, root, client=Client(hosts=insecure, credentials=lambda h: None))
+    dst = ContentStore(str(tmp_path / "dst"))
+    with pytest.raises(FailedPrecondition, match="TLS failed.*give a CA file"):
+        pull(ref, dst, client=Client(credentials=lambda h: None))
+    trusted = Hosts({tls_registry.host: HostOptions(ca_file=tls_registry.extra["ca_file"])})
+    _, got, _ = pull(ref, dst, client=Client(hosts=trusted, credentials=lambda h: None))
+    assert got.digest == root.digest
 
 
 def test_redirected_blob_download(redirect_registry, tmp_path):

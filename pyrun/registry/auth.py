@@ -20,7 +20,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from pyrun.errdefs import InvalidArgument, NotFound, Unavailable
+from pyrun.errdefs import InvalidArgument, Unavailable
 
 DEFAULT_TOKEN_LIFETIME = 60  # seconds; token.md: "defaults to 60 seconds"
 
@@ -103,7 +103,8 @@ def basic_auth_header(username, secret):
 @dataclass(frozen=True)
 class Credentials:
     """A username and secret.  An empty username with a secret is an
-    identity (refresh) token, which this client does not exchange."""
+    identity (refresh) token, exchanged by an OAuth2 POST for bearer
+    tokens."""
     username: str
     secret: str
 
@@ -204,8 +205,3 @@ def docker_credentials(host, config_dir=None, run=subprocess.run):
         raise InvalidArgument(f"{path}: not valid JSON: {e}") from None
     return credentials_from_config(config, host, run)
 
-
-def missing_credentials(host):
-    """The error for a registry that wants credentials we do not have."""
-    return NotFound(f"no credentials for {host} (give user:password, or log in "
-                    f"so that {os.path.join(docker_config_dir(), 'config.json')} has them)")

@@ -22,6 +22,7 @@ RETRIES = 5
 BACKOFF = 0.5      # seconds, doubled per attempt
 BACKOFF_MAX = 8.0  # seconds
 RETRY_AFTER_MAX = 30.0  # seconds; a longer Retry-After is reported, not waited for
+CLIENT_ID = "pyrun"  # OAuth2 client_id sent with refresh-token grants
 
 
 # --- pure helpers ---------------------------------------------------------------
@@ -146,18 +147,29 @@ class Client:
         return None
 
     def _fetch_token(self, host, challenge, scopes):
+        """Get a bearer token: GET the realm with service and scopes (basic
+        credentials when we have a user), or, for an identity token (no
+        user), the OAuth2 refresh-token POST of distribution's
+        oauth.md."""
         realm = challenge.params.get("realm")
         if not realm:
             raise InvalidArgument(f"{host}: bearer challenge without a realm")
-        params = [("scope", s) for s in scopes]
-        if challenge.params.get("service"):
-            params.insert(0, ("service", challenge.params["service"]))
-        headers = {}
+        service = challenge.params.get("service")
         creds = self.credentials(host)
-        if creds and creds.username:
-            headers["Authorization"] = auth.basic_auth_header(creds.username, creds.secret)
-        url = with_query(realm, params)
-        resp = self.transport.request("GET", url, host=host, headers=headers)
+        if creds and not creds.username and creds.secret:
+            form = {"grant_type": "refresh_token", "refresh_token": creds.secret,
+                    "client_id": CLIENT_ID, "scope": " ".join(scopes)}
+            if service:
+                form["service"] = service
+            resp = self.transport.request(
+                "POST", realm, host=host, data=urlencode(form).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+        else:
+            params = ([("service", service)] if service else []) + [("scope", s) for s in scopes]
+            headers = {}
+            if creds:
+                headers["Authorization"] = auth.basic_auth_header(creds.username, creds.secret)
+            resp = self.transport.request("GET", with_query(realm, params), host=host, headers=headers)
         try:
             if resp.status_code != 200:
                 raise error_for(resp.status_code, f"token server {realm} (for {host})",

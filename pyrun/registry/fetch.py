@@ -16,7 +16,7 @@ from pyrun.content import Info
 from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound, PyrunError, Unavailable
 from pyrun.registry.client import Client
 from pyrun.registry.manifest import (Descriptor, Index, children, gc_labels, is_index,
-                                     parse_manifest, select_manifests)
+                                     parse_manifest, parse_platform, select_manifests)
 from pyrun.registry.progress import Progress
 from pyrun.registry.reference import Reference, parse_reference
 from pyrun.registry.transport import TransportError, iter_body
@@ -165,9 +165,9 @@ def pull(ref, store, *, client=None, platform=None, all_platforms=False,
     """Pull an image into a content store.
 
     ``ref``: a reference string or :class:`Reference`.  ``store``: a
-    content store (``writer``/``info``/``abort``).  ``platform``: a
-    :class:`~pyrun.registry.manifest.Platform` to choose from an index
-    (default the host's); ``all_platforms`` takes every entry.  Blobs
+    content store (``writer``/``info``/``update``/``abort``).
+    ``platform``: a :class:`~pyrun.registry.manifest.Platform` or a string
+    like ``"linux/arm64/v8"`` to choose from an index (default the host's); ``all_platforms`` takes every entry.  Blobs
     download ``concurrency`` at a time.
 
     Returns ``(name, root descriptor, [manifest descriptors chosen])`` where
@@ -179,6 +179,8 @@ def pull(ref, store, *, client=None, platform=None, all_platforms=False,
     client's errors (refused, unreachable).
     """
     ref = ref if isinstance(ref, Reference) else parse_reference(ref)
+    if isinstance(platform, str):
+        platform = parse_platform(platform)
     client = client or Client()
     progress = progress or Progress()
     repo = client.repository(ref)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from pyrun.errdefs import InvalidArgument, Unavailable
+from pyrun.errdefs import FailedPrecondition, InvalidArgument, Unavailable
 
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 TIMEOUT = (30, 120)  # seconds: connect, between bytes read
@@ -79,15 +79,17 @@ class RequestsTransport:
     def request(self, method, url, *, host, headers=None, data=None, stream=False):
         """Send one request; ``host`` is the reference's domain whose TLS
         options apply.  Raises TransportError for connection failures,
-        InvalidArgument for a malformed URL."""
+        FailedPrecondition when TLS verification fails, InvalidArgument for
+        a malformed URL."""
         try:
             return self.session.request(method, url, headers=headers, data=data, stream=stream,
                                         verify=self.hosts.verify(host), timeout=self.timeout)
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as e:
             raise InvalidArgument(f"{method} {url}: {e}") from None
         except requests.exceptions.SSLError as e:
-            raise TransportError(f"{method} {url}: TLS failed: {e} (give a CA file, or opt in to "
-                                 "insecure TLS or plain HTTP for this host)") from None
+            # Not retried: only a change of configuration helps.
+            raise FailedPrecondition(f"{method} {url}: TLS failed: {e} (give a CA file, or opt in "
+                                     "to insecure TLS or plain HTTP for this host)") from None
         except requests.exceptions.RequestException as e:
             raise TransportError(f"{method} {url}: {e}") from None
 
