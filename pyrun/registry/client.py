@@ -204,12 +204,14 @@ class Client:
 
         A 401 is answered once by (re)authenticating.  5xx, 429 and dropped
         connections are retried ``retries`` times with exponential backoff
-        (429 waits Retry-After when sent) if ``retry``; ``data`` must then
-        be bytes (a stream cannot be replayed).  ``scopes`` is a tuple of
-        token scopes.
+        (429 waits Retry-After when sent) if ``retry``.  ``data`` is bytes
+        or a file-like with ``seek`` (rewound before each attempt).
+        ``scopes`` is a tuple of token scopes.
         """
         attempt, reauthed = 0, False
         while True:
+            if hasattr(data, "seek"):
+                data.seek(0)  # a body stream is sent again after a 401
             hdrs = dict(headers or {})
             authz = self._authorization(host, scopes)
             if authz:

@@ -27,6 +27,9 @@ class _Section:
     def __len__(self):
         return self.size - self.offset
 
+    def seek(self, offset):
+        self.offset = offset
+
     def read(self, n=-1):
         left = self.size - self.offset
         n = left if n is None or n < 0 else min(n, left)
