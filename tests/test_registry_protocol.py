@@ -6,10 +6,9 @@ import subprocess
 import pytest
 
 from pyrun.content.digest import digest_bytes
-from pyrun.errdefs import InvalidArgument, NotFound, NotImplementedYet, Unavailable
+from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, NotImplementedYet, Unavailable
 from pyrun.registry import auth, manifest as m
 from pyrun.registry.client import describe_error, error_for, parse_retry_after, with_query
-from pyrun.errdefs import FailedPrecondition
 
 
 def desc(data, mt, **extra):

@@ -6,7 +6,6 @@ source repository is given; else a monolithic or chunked upload), then
 manifests by digest, then the root by tag (or digest).  A registry checks
 that what a manifest refers to exists, so children always go first.
 """
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pyrun.errdefs import InvalidArgument, NotFound, Unavailable
