@@ -145,6 +145,9 @@ class FakeRegistry:
             # an absolute Location this time
             return FakeResponse(202, {"Location": f"https://{HOST}/v2/x/blobs/uploads/{uid}?_state=s1",
                                       "Range": f"0-{len(self.uploads[uid]) - 1}"}, b"", url)
+        if method == "DELETE":
+            self.uploads.pop(uid, None)
+            return FakeResponse(204, {}, b"", url)
         if method == "PUT":
             body = self.uploads.pop(uid) + (data or b"")
             if digest_bytes(body) != q["digest"]:
@@ -424,6 +427,19 @@ def test_push_skips_mounts_and_uploads(store, tmp_path):
     dst2.faults[("HEAD", digest_bytes(b"small"))] = [FakeResponse(404)]
     results = dict(push(f"{HOST}/z:v3", store, root, client=client_for(dst2), mount_from="y"))
     assert results[digest_bytes(b"small")] == "mounted"
+
+
+def test_failed_upload_is_cancelled_then_retried(store):
+    src = FakeRegistry()
+    image(src, layers=(b"C" * 2500,))
+    _, root, _ = pull(f"{HOST}/x:v1", store, client=client_for(src))
+    dst = FakeRegistry()
+    dst.faults[("PATCH", "")] = [FakeResponse(500)]  # the first PATCH, whichever upload
+    results = dict(push(f"{HOST}/y:v1", store, root, client=client_for(dst), chunk_size=1000))
+    assert results[digest_bytes(b"C" * 2500)] == "uploaded"
+    [(_, url, _)] = dst.requests_to("DELETE", "/blobs/uploads/")
+    assert url.startswith(f"https://{HOST}/v2/x/blobs/uploads/u") and url.endswith("?_state=s0")
+    assert dst.blobs[digest_bytes(b"C" * 2500)] == b"C" * 2500
 
 
 def test_push_missing_content(store):

@@ -12,7 +12,7 @@ import threading
 import time
 from urllib.parse import urlencode, urljoin
 
-from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, PyrunError, Unavailable
 from pyrun.registry import auth
 from pyrun.content.digest import digest_bytes
 from pyrun.registry.manifest import ACCEPT, Descriptor, verify_digest
@@ -335,6 +335,16 @@ class Repository:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
         self._request("PUT", with_query(location, {"digest": digest}), f"blob {self}@{digest}",
                       ok=(201,), retry=False, headers=headers, data=data).close()
+
+    def cancel_upload(self, location):
+        """DELETE an upload session, best effort (the registry would expire
+        it anyway); errors are ignored because the caller is already
+        failing."""
+        try:
+            self._request("DELETE", location, f"cancel of upload to {self}", ok=(204,),
+                          retry=False).close()
+        except (PyrunError, OSError):
+            pass
 
     def put_manifest(self, obj, data, media_type):
         """PUT a manifest or index (bytes) by tag or digest."""

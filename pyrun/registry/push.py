@@ -54,16 +54,23 @@ def upload_blob(repo, store, desc, mount_from=None, chunk_size=CHUNK_SIZE):
             return "mounted"
     else:
         _, location = repo.start_upload()
-    with store.reader(desc.digest) as reader:
-        if desc.size <= chunk_size:
-            repo.finish_upload(location, desc.digest, _Section(reader, desc.size), desc.size)
-            return "uploaded"
-        offset = 0
-        while offset < desc.size:
-            data = reader.read_at(min(chunk_size, desc.size - offset), offset)
-            location = repo.upload_chunk(location, data, offset)
-            offset += len(data)
-    repo.finish_upload(location, desc.digest)
+    try:
+        with store.reader(desc.digest) as reader:
+            if desc.size <= chunk_size:
+                repo.finish_upload(location, desc.digest, _Section(reader, desc.size), desc.size)
+                return "uploaded"
+            offset = 0
+            while offset < desc.size:
+                data = reader.read_at(min(chunk_size, desc.size - offset), offset)
+                if not data:
+                    raise NotFound(f"push: blob {desc.digest} in the content store ends at byte "
+                                   f"{offset} of {desc.size}")
+                location = repo.upload_chunk(location, data, offset)
+                offset += len(data)
+        repo.finish_upload(location, desc.digest)
+    except BaseException:
+        repo.cancel_upload(location)
+        raise
     return "uploaded"
 
 
