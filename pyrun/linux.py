@@ -177,6 +177,7 @@ def mount_setattr(path, attr_set=0, attr_clr=0, propagation=0, recursive=False, 
 FSOPEN_CLOEXEC = 0x1
 FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
 FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 0x1
 MOUNT_ATTR_RDONLY = 0x1
@@ -192,7 +193,7 @@ AT_FDCWD = -100
 CLONE_FS = 0x00000200
 
 _FSCONFIG_CMDS = {FSCONFIG_SET_FLAG: "FSCONFIG_SET_FLAG", FSCONFIG_SET_STRING: "FSCONFIG_SET_STRING",
-                  FSCONFIG_CMD_CREATE: "FSCONFIG_CMD_CREATE"}
+                  FSCONFIG_SET_FD: "FSCONFIG_SET_FD", FSCONFIG_CMD_CREATE: "FSCONFIG_CMD_CREATE"}
 
 
 def fs_context_log(fd):
@@ -225,7 +226,7 @@ def fsconfig(fd, cmd, key=None, value=None, aux=0):
     """fsconfig(2) on an fsopen(2) context.  A failure carries the kernel's
     message for the context (e.g. ``overlay: failed to resolve 'x'``)."""
     if lib.pr_fsconfig(fd, cmd, _b(key), _b(value), aux) < 0:
-        _fs_error(fd, "fsconfig", f"{fd}, {_FSCONFIG_CMDS.get(cmd, cmd)}, {key!r}, {value!r}")
+        _fs_error(fd, "fsconfig", f"{fd}, {_FSCONFIG_CMDS.get(cmd, cmd)}, {key!r}, {value!r}, {aux}")
 
 
 def fsmount(fd, flags=FSMOUNT_CLOEXEC, attr_flags=0):

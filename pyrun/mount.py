@@ -179,6 +179,11 @@ _ATTRS = {
 # None until the first overlay mount finds out whether fsconfig(2) takes
 # "lowerdir+" (Linux 6.8+).
 _has_lowerdir_plus = None
+# fsconfig(2) copies at most 256 bytes of a string value (strndup_user in
+# fs/fsopen.c); longer paths go as O_PATH fds (FSCONFIG_SET_FD, which
+# overlayfs takes for its layers since Linux 6.13).
+_FSCONFIG_MAX_STRING = 255
+_OVERLAY_PATH_KEYS = ("lowerdir+", "upperdir", "workdir", "datadir+")
 
 
 def mount_overlay(source, target, flags, data, options=()):
@@ -187,50 +192,74 @@ def mount_overlay(source, target, flags, data, options=()):
 
     Option strings may be longer than a page, which mount(2) refuses:
     with the new mount API (Linux 6.8+) each lower dir is passed on its own
-    as ``lowerdir+`` through fsconfig(2), so there is no limit.  On older
-    kernels, as containerd does, the lower dirs are made relative to their
+    as ``lowerdir+`` through fsconfig(2), so there is no limit (a path over
+    fsconfig's 256-byte string limit goes as an O_PATH fd).  On older
+    kernels, or when such an fd is refused, as containerd does, the lower dirs are made relative to their
     common parent and the mount is done from there, in a helper thread that
     first unshares its cwd (unshare(CLONE_FS)) so that other threads never
     see the chdir.  Raises SyscallError naming source, target, type, flags
     and options; InvalidArgument if even the short form exceeds a page.
     """
-    global _has_lowerdir_plus
-    if _has_lowerdir_plus is not False:
+    if _lowerdir_plus():
         try:
             _mount_overlay_fsconfig(source, target, flags, data)
-            _has_lowerdir_plus = True
             return
-        except _NoLowerdirPlus:
-            _has_lowerdir_plus = False
+        except _NeedLegacy:
+            pass
         except linux.SyscallError as e:
             raise linux.SyscallError(e.errno, e.syscall, f"{e.detail}; "
                                      + _describe(source, target, "overlay", flags, options), target) from None
     _mount_overlay_legacy(source, target, flags, data, options)
 
 
-class _NoLowerdirPlus(Exception):
-    pass
+def _lowerdir_plus():
+    global _has_lowerdir_plus
+    if _has_lowerdir_plus is None:
+        try:
+            fd = linux.fsopen("overlay")
+        except OSError:
+            _has_lowerdir_plus = False
+            return False
+        try:
+            linux.fsconfig(fd, linux.FSCONFIG_SET_STRING, "lowerdir+", "/")
+            _has_lowerdir_plus = True
+        except OSError:
+            _has_lowerdir_plus = False
+        finally:
+            os.close(fd)
+    return _has_lowerdir_plus
+
+
+class _NeedLegacy(Exception):
+    """A path is too long for fsconfig(2) and the kernel takes no layer fds."""
+
+
+def _set_path(fd, key, path):
+    if len(os.fsencode(path)) <= _FSCONFIG_MAX_STRING:
+        linux.fsconfig(fd, linux.FSCONFIG_SET_STRING, key, path)
+        return
+    pfd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        linux.fsconfig(fd, linux.FSCONFIG_SET_FD, key, None, pfd)
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            raise _NeedLegacy() from None
+        raise
+    finally:
+        os.close(pfd)
 
 
 def _mount_overlay_fsconfig(source, target, flags, data):
-    try:
-        fd = linux.fsopen("overlay")
-    except OSError as e:
-        if e.errno == errno.ENOSYS:
-            raise _NoLowerdirPlus() from None
-        raise
+    fd = linux.fsopen("overlay")
     try:
         linux.fsconfig(fd, linux.FSCONFIG_SET_STRING, "source", source or "overlay")
         for opt in data.split(",") if data else ():
             key, eq, value = opt.partition("=")
             if key == "lowerdir":
                 for lower in _split_lowerdir(value):
-                    try:
-                        linux.fsconfig(fd, linux.FSCONFIG_SET_STRING, "lowerdir+", lower)
-                    except OSError as e:
-                        if e.errno == errno.EINVAL and _has_lowerdir_plus is None:
-                            raise _NoLowerdirPlus() from None
-                        raise
+                    _set_path(fd, "lowerdir+", lower)
+            elif key in _OVERLAY_PATH_KEYS:
+                _set_path(fd, key, value)
             elif eq:
                 linux.fsconfig(fd, linux.FSCONFIG_SET_STRING, key, value)
             else:
