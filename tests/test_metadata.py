@@ -1,5 +1,6 @@
 """The namespaced metadata layer: namespaces, images, containers, leases,
 tenant views of content and snapshots (native snapshotter backend)."""
+import json
 import os
 import sqlite3
 from datetime import timedelta
@@ -277,3 +278,40 @@ def test_check_reports_corruption(db):
     assert any("half-written.tmp: not a blob name" in p for p in problems)
     os.unlink(path)
     assert any(f"content {DESC['digest']}: blob missing" in p for p in check(db.root))
+
+
+def test_snapshot_commit_cut_short_is_recovered(db):
+    snaps = db.snapshotter("ns1", "native")
+    snaps.prepare("done")
+    snaps.prepare("not-done")
+    rows = {r["key"]: r for r in db.query("SELECT * FROM snapshots")}
+    # What a process killed inside commit leaves: the intent recorded, and
+    # the backend commit either done ("done") or not ("not-done").
+    for key in rows:
+        intent = {"name": f"{key}-c", "backend_key": f"ns1/cafe/{key}-c", "labels": {"x": "1"}}
+        db.conn.execute("UPDATE snapshots SET pending=? WHERE id=?",
+                        (json.dumps(intent), rows[key]["id"]))
+    db.backend_snapshotter("native").commit("ns1/cafe/done-c", rows["done"]["backend_key"])
+    assert check(db.root, db.snapshotters) == []
+    DB(db.root, db.snapshotters).close()  # opening recovers
+    info = snaps.stat("done-c")
+    assert (info.kind, info.labels) == (Kind.COMMITTED, {"x": "1"})
+    with pytest.raises(NotFound):
+        snaps.stat("done")
+    assert snaps.stat("not-done").kind == Kind.ACTIVE
+    assert db.query("SELECT count(*) FROM snapshots WHERE pending != ''")[0][0] == 0
+    snaps.commit("not-done-c", "not-done")
+    assert check(db.root, db.snapshotters) == []
+
+
+def test_snapshot_commit_of_view_refused_cleanly(db):
+    snaps = db.snapshotter("ns1", "native")
+    snaps.prepare("a")
+    snaps.commit("base", "a")
+    snaps.view("v", parent="base")
+    with pytest.raises(FailedPrecondition):
+        snaps.commit("v-c", "v")
+    assert snaps.stat("v").kind == Kind.VIEW
+    with pytest.raises(NotFound):
+        snaps.stat("v-c")
+    assert db.query("SELECT count(*) FROM snapshots WHERE pending != ''")[0][0] == 0

@@ -88,6 +88,8 @@ class DB:
         self._depth = 0
         self.conn = connect(database_path(self.root))
         self._migrate()
+        from pyrun.metadata.snapshots import recover
+        recover(self)
 
     def _migrate(self):
         with self.transaction():

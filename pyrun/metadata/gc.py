@@ -10,9 +10,11 @@ key) on images, containers, content and snapshots, and a snapshot's
 parent.  So index -> manifests -> config and layers -> unpacked snapshots
 stay as long as the image does.
 
-Two transactions, each holding the database write lock (which every
-content commit and snapshot change also takes, so nothing in flight is
-seen half-made):
+GC first finishes snapshot commits that a dead process left half-done
+(:func:`pyrun.metadata.snapshots.recover`), holding the snapshot commit
+lock throughout, then runs two transactions, each holding the database
+write lock (which every content commit and snapshot change also takes, so
+nothing in flight is seen half-made):
 
 1. mark, then delete unreachable content and snapshot rows and expired
    leases;
@@ -31,6 +33,7 @@ from datetime import datetime, timezone
 
 from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from pyrun.metadata.leases import EXPIRE_LABEL, parse_expire
+from pyrun.metadata.snapshots import commit_lock, recover
 
 ROOT_LABEL = "containerd.io/gc.root"
 CONTENT_REF = "containerd.io/gc.ref.content"
@@ -141,6 +144,12 @@ def collect(db, ingest_grace=INGEST_GRACE):
     that cannot be removed (e.g. a snapshot still mounted) is listed in
     ``errors`` and retried next time.
     """
+    with commit_lock(db):
+        recover(db)
+        return _collect(db, ingest_grace)
+
+
+def _collect(db, ingest_grace):
     stats = Stats()
     now = datetime.now(timezone.utc)
     with db.transaction() as c:

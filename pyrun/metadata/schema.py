@@ -32,13 +32,18 @@ integer nanoseconds since the epoch (UTC); every ``labels``, ``target``,
         "content" (id = digest), "ingests" (id = ref) or
         "snapshots/<snapshotter>" (id = key).
 
-    snapshots(id INTEGER PK AUTOINCREMENT, namespace, snapshotter, key,
-              parent, backend_key, labels, created_at, updated_at)
+    snapshots(id INTEGER PK, namespace, snapshotter, key, parent,
+              backend_key, labels, pending, created_at, updated_at)
         UNIQUE (namespace, snapshotter, key) and (snapshotter, backend_key).
         A tenant's snapshot key maps to the backend key
-        "<namespace>/<id>/<key>"; AUTOINCREMENT never reuses an id, so a
-        backend key never names two snapshots.  parent is the tenant's key
-        ('' for none).  Kind, mounts and usage come from the backend.
+        "<namespace>/<random hex>/<key>": random, so that a key chosen in a
+        transaction that was rolled back (its backend snapshot left as an
+        orphan for GC) is never chosen again.  parent is the tenant's key
+        ('' for none).  pending is '' or, while the row's active snapshot is
+        being committed, JSON {name, backend_key, labels} of the committed
+        snapshot to be; after a crash, recovery finishes or forgets the
+        commit depending on what the backend holds.  Kind, mounts and usage
+        come from the backend.
 
 Content ingests are not tables: a tenant's ingest ref R is the backend
 store's ref "<namespace>/R" (namespace names cannot contain '/').
@@ -79,10 +84,10 @@ MIGRATIONS = {
         PRIMARY KEY (namespace, lease, type, id),
         FOREIGN KEY (namespace, lease) REFERENCES leases (namespace, id) ON DELETE CASCADE);
     CREATE TABLE snapshots (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id INTEGER PRIMARY KEY,
         namespace TEXT NOT NULL, snapshotter TEXT NOT NULL, key TEXT NOT NULL,
         parent TEXT NOT NULL, backend_key TEXT NOT NULL,
-        labels TEXT NOT NULL DEFAULT '{}',
+        labels TEXT NOT NULL DEFAULT '{}', pending TEXT NOT NULL DEFAULT '',
         created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
         UNIQUE (namespace, snapshotter, key), UNIQUE (snapshotter, backend_key));
     """,

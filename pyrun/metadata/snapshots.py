@@ -2,15 +2,29 @@
 ``metadata/snapshot.go``).
 
 Same interface as the backend (``pyrun.snapshots``).  The tenant's keys
-are mapped to backend keys ``<namespace>/<id>/<key>`` (see
+are mapped to backend keys ``<namespace>/<random>/<key>`` (see
 :mod:`pyrun.metadata.schema`), so tenants never see or touch each other's
 snapshots.  Names, parents and labels live in the database; kind, mounts
-and usage come from the backend.  Each change runs the backend call inside
-the database transaction that records it: if the process dies in between,
-the database rolls back and the backend is left with an orphan, which GC
-removes.
+and usage come from the backend.
+
+Crash consistency.  prepare and view run the backend call inside the
+transaction that records the row: if the process dies in between, the
+database rolls back and the backend keeps an orphan, which GC removes.
+remove deletes the row first, then the backend snapshot (same outcome).
+commit cannot work that way, since a backend commit that happened under a
+rolled-back transaction would leave the row pointing at a key that is
+gone.  So commit first records its intent durably in the row's
+``pending`` column, then does the backend commit and the row changes in
+one transaction; :func:`recover` (run when a DB opens, and by GC) looks at
+the backend to finish or forget a commit whose process died.  Commits and
+recovery hold ``<root>/snapshots.lock`` so recovery never races a live
+commit.
 """
+import fcntl
 import json
+import os
+import secrets
+from contextlib import contextmanager
 from dataclasses import replace
 
 from pyrun import labels as labelsmod
@@ -22,6 +36,47 @@ from pyrun.metadata.leases import hold
 # Labels with this prefix are also passed to the backend (containerd does
 # the same), e.g. containerd.io/snapshot/... hints.
 BACKEND_LABEL_PREFIX = "containerd.io/snapshot/"
+
+
+@contextmanager
+def commit_lock(db):
+    """Hold ``<root>/snapshots.lock`` exclusively (see the module docstring).
+    Take it before any database transaction, never inside one."""
+    fd = os.open(os.path.join(db.root, "snapshots.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def recover(db):
+    """Finish or forget snapshot commits whose process died (see the module
+    docstring).  Rows of snapshotters not configured in ``db`` are left."""
+    if not db.query("SELECT 1 FROM snapshots WHERE pending != '' LIMIT 1"):
+        return
+    with commit_lock(db), db.transaction() as c:
+        for row in c.execute("SELECT * FROM snapshots WHERE pending != ''").fetchall():
+            backend = db.snapshotters.get(row["snapshotter"])
+            if backend is None:
+                continue
+            intent = json.loads(row["pending"])
+            try:
+                backend.stat(intent["backend_key"])
+            except NotFound:  # the backend commit never happened
+                c.execute("UPDATE snapshots SET pending='' WHERE id=?", (row["id"],))
+                continue
+            _commit_rows(c, row, intent)
+
+
+def _commit_rows(c, row, intent):
+    """Replace the active snapshot's row by its committed one."""
+    now = now_ns()
+    c.execute("DELETE FROM snapshots WHERE id=?", (row["id"],))
+    c.execute("INSERT INTO snapshots (namespace, snapshotter, key, parent, backend_key, labels, "
+              "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (row["namespace"], row["snapshotter"], intent["name"], row["parent"],
+               intent["backend_key"], json.dumps(intent["labels"]), now, now))
 
 
 def _backend_labels(labels):
@@ -103,17 +158,22 @@ class NamespacedSnapshotter:
 
     def _insert(self, key, parent, labels, now):
         c = self.db.conn
-        if c.execute("SELECT 1 FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
-                     (self.namespace, self.name, key)).fetchone():
-            raise AlreadyExists(f"snapshot {key!r}: already exists in namespace {self.namespace} "
-                                f"({self.name})")
-        cur = c.execute("INSERT INTO snapshots (namespace, snapshotter, key, parent, backend_key, "
-                        "labels, created_at, updated_at) VALUES (?, ?, ?, ?, '', ?, ?, ?)",
-                        (self.namespace, self.name, key, parent, json.dumps(labels), now, now))
-        backend_key = f"{self.namespace}/{cur.lastrowid}/{key}"
-        c.execute("UPDATE snapshots SET backend_key=? WHERE id=?", (backend_key, cur.lastrowid))
+        self._check_free(key)
+        backend_key = self._new_backend_key(key)
+        c.execute("INSERT INTO snapshots (namespace, snapshotter, key, parent, backend_key, "
+                  "labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  (self.namespace, self.name, key, parent, backend_key, json.dumps(labels), now, now))
         hold(self.db, self.namespace, self.lease, f"snapshots/{self.name}", key)
         return backend_key
+
+    def _new_backend_key(self, key):
+        return f"{self.namespace}/{secrets.token_hex(8)}/{key}"
+
+    def _check_free(self, key):
+        if self.db.conn.execute("SELECT 1 FROM snapshots WHERE namespace=? AND snapshotter=? AND "
+                                "key=?", (self.namespace, self.name, key)).fetchone():
+            raise AlreadyExists(f"snapshot {key!r}: already exists in namespace {self.namespace} "
+                                f"({self.name})")
 
     def _create(self, verb, key, parent, labels):
         self._check_key(key)
@@ -127,16 +187,27 @@ class NamespacedSnapshotter:
 
     def commit(self, name, key, labels=None):
         """Commit active snapshot ``key`` as ``name`` (``key`` goes away).
-        NotFound (key), AlreadyExists (name)."""
+        NotFound (key), AlreadyExists (name), FailedPrecondition (not
+        active).  Crash-safe as the module docstring describes."""
         self._check_key(name, "snapshot name")
         labels = labelsmod.validate(labels, f"snapshot {name!r}")
-        with self.db.transaction() as c:
-            row = self._row(key)
-            backend_name = self._insert(name, row["parent"], labels, now_ns())
-            # Children of the active snapshot cannot exist (only committed
-            # snapshots can be parents), so only the row itself moves.
-            c.execute("DELETE FROM snapshots WHERE id=?", (row["id"],))
-            self.backend.commit(backend_name, row["backend_key"], _backend_labels(labels))
+        intent = {"name": name, "backend_key": self._new_backend_key(name), "labels": labels}
+        with commit_lock(self.db):
+            with self.db.transaction() as c:
+                row = self._row(key)
+                self._check_free(name)
+                c.execute("UPDATE snapshots SET pending=? WHERE id=?", (json.dumps(intent), row["id"]))
+            try:
+                with self.db.transaction() as c:
+                    row = self._row(key)
+                    _commit_rows(c, row, intent)
+                    hold(self.db, self.namespace, self.lease, f"snapshots/{self.name}", name)
+                    self.backend.commit(intent["backend_key"], row["backend_key"],
+                                        _backend_labels(labels))
+            except BaseException:
+                with self.db.transaction() as c:
+                    c.execute("UPDATE snapshots SET pending='' WHERE id=?", (row["id"],))
+                raise
 
     def remove(self, key):
         """Remove snapshot ``key``.  FailedPrecondition if it has children
