@@ -21,10 +21,12 @@ import io
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pyrun import filters, labels as labelsmod
+from pyrun import labels as labelsmod
+from pyrun.filters import labels_field, parse as parse_filters
 from pyrun.content.digest import ALGORITHMS, digester, parse_digest
 from pyrun.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from pyrun.fsutil import atomic_write, remove_tree
@@ -64,7 +66,7 @@ class Status:
 def info_field(info, path):
     """Filter adaptor for :class:`Info` (fields digest, size, labels.<k>)."""
     if path[0] == "labels":
-        return filters.labels_field(info.labels, path)
+        return labels_field(info.labels, path)
     if path == ["digest"]:
         return info.digest
     if path == ["size"]:
@@ -222,7 +224,7 @@ class ContentStore:
     def walk(self, fn, filters=()):
         """Call ``fn(info)`` for each committed blob matching ``filters``
         (containerd filter strings, see :mod:`pyrun.filters`)."""
-        match = _parse_filters(filters)
+        match = parse_filters(filters)
         for alg in sorted(ALGORITHMS):
             base = os.path.join(self.root, "blobs", alg)
             try:
@@ -340,7 +342,7 @@ class ContentStore:
 
     def list_statuses(self, filters=()):
         """Statuses of all ingests matching ``filters`` (fields ref, expected)."""
-        match = _parse_filters(filters)
+        match = parse_filters(filters)
         out = []
         base = os.path.join(self.root, "ingest")
         for name in sorted(os.listdir(base)):
@@ -367,6 +369,20 @@ class ContentStore:
             return True
         finally:
             os.close(fd)
+
+    def remove_stale_temporaries(self, older_than):
+        """Remove ingest directories left half-made or half-removed by a
+        process that died (``ingest/.tmp-*``, ``ingest/.trash-*``) whose
+        last change is more than ``older_than`` seconds ago."""
+        base = os.path.join(self.root, "ingest")
+        cutoff = time.time() - older_than
+        for name in os.listdir(base):
+            path = os.path.join(base, name)
+            try:
+                if name.startswith((".tmp-", ".trash-")) and os.lstat(path).st_mtime < cutoff:
+                    remove_tree(path)
+            except FileNotFoundError:
+                pass  # its owner finished meanwhile
 
     def abort(self, ref):
         """Discard ingest ``ref`` and its data.  NotFound if none;
@@ -404,10 +420,6 @@ def _now_ns():
 def _write_status(path, ref, total, expected, started_at):
     atomic_write(os.path.join(path, "status"), json.dumps(
         {"ref": ref, "total": total, "expected": expected, "started_at": started_at}).encode(), 0o644)
-
-
-def _parse_filters(flt):
-    return filters.parse(list(flt) if not isinstance(flt, str) else [flt])
 
 
 class Writer:
