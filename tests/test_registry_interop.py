@@ -364,3 +364,36 @@ def test_two_processes_download_a_blob_once(registry, big_image, tmp_path):
 
     assert len(blob_gets(log1)) == 1 and blob_gets(log2) == []
     assert ContentStore(str(store_dir)).info(ldesc["digest"]).size == BIG
+
+
+# --- with the metadata layer: namespaces share bytes, gc follows our labels
+
+def test_pull_into_namespaces_then_gc(registry, tmp_path):
+    from pyrun.metadata.db import DB
+    from pyrun.metadata.gc import collect
+    from pyrun.metadata.images import Image
+
+    lay, idx, amd, arm = multiarch_layout(tmp_path / "layout")
+    ref = f"{registry.host}/ns/app:1"
+    skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{lay.path}:multi", f"docker://{ref}")
+    db = DB(str(tmp_path / "root"))
+    try:
+        one = db.content_store("one")
+        name, root, chosen = pull(ref, one, client=client(registry), all_platforms=True)
+        db.images("one").create(Image(name, root.to_dict()))
+        write_blob(one, "stray", b"unreferenced", {"digest": digest_bytes(b"unreferenced"), "size": 12})
+
+        # another tenant pulls the same image: the bytes are already there
+        transport = RecordingTransport(Hosts.plain_http(registry.host))
+        two = db.content_store("two")
+        pull(ref, two, client=client(registry, transport=transport), all_platforms=True)
+        assert [e for e in transport.seen if "/blobs/" in e[1]] == []
+
+        collect(db)
+        reachable = {root.digest, *(d.digest for d in chosen)}
+        for man in chosen:
+            reachable |= {d.digest for d in m.children(m.parse_manifest(blob(one, man.digest)))}
+        assert {i.digest for i in one.list()} == reachable  # the stray blob went, the image stayed
+        assert {i.digest for i in two.list()} == set()       # no image in "two": all collected
+    finally:
+        db.close()
