@@ -255,6 +255,64 @@ def redirect_registry(tmp_path_factory):
     httpd.server_close()
 
 
+class FlakyProxy:
+    """A pull-only HTTP proxy on 127.0.0.1 in front of a registry that
+    misbehaves on request: ``faults`` maps a path fragment to a list of
+    faults, one used per matching request: an int status (answered
+    instead of forwarding) or ``("cut", n)`` (send the real headers, then
+    only ``n`` bytes of the body and close the connection).  ``seen`` lists
+    (method, path, Range header)."""
+
+    def __init__(self, target):
+        self.faults, self.seen = {}, []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_HEAD(self):
+                self.forward()
+
+            def do_GET(self):
+                self.forward()
+
+            def forward(self):
+                proxy.seen.append((self.command, self.path, self.headers.get("Range")))
+                fault = next((f.pop(0) for frag, f in proxy.faults.items()
+                              if frag in self.path and f), None)
+                if isinstance(fault, int):
+                    self.send_response(fault)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                resp = requests.request(self.command, f"http://{target}{self.path}", headers=headers,
+                                        stream=True, allow_redirects=False)
+                body = resp.raw.read() if self.command == "GET" else b""
+                self.send_response(resp.status_code)
+                for k, v in resp.headers.items():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", resp.headers.get("Content-Length", str(len(body))))
+                if fault:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body[:fault[1]] if fault else body)
+                if fault:
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 # --- OCI layouts and skopeo ---------------------------------------------------------
 
 def sha256(data):

@@ -15,7 +15,7 @@ from pyrun.errdefs import FailedPrecondition
 from pyrun.registry import Client, Descriptor, HostOptions, Hosts, manifest as m, parse_platform, pull, push
 from pyrun.registry.fetch import ref_key
 from pyrun.registry.transport import RequestsTransport
-from registry_fixtures import PASSWORD, USER, OCILayout, skopeo
+from registry_fixtures import PASSWORD, USER, FlakyProxy, OCILayout, skopeo
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -238,6 +238,31 @@ def test_redirected_blob_download(redirect_registry, tmp_path):
         assert blob(dst, d.digest) == blob(src, d.digest)
     served = redirect_registry.extra["served"]
     assert len([p for p in served if p.endswith("/data")]) == len(m.children(doc))
+
+
+def test_real_dropped_connection_and_5xx_are_retried(registry, tmp_path):
+    lay = OCILayout(str(tmp_path / "layout"))
+    desc = lay.image([{"big": os.urandom(3 << 20)}])
+    src = ContentStore(str(tmp_path / "src"))
+    root = load_layout(src, lay, desc)
+    ref = f"{registry.host}/flaky/app:1"
+    push(ref, src, root, client=client(registry))
+    layer = m.parse_manifest(blob(src, root.digest)).layers[0]
+    cut = 5 << 19  # 2.5 MiB: the bytes read before the drop are kept
+    proxy = FlakyProxy(registry.host)
+    try:
+        proxy.faults = {"/manifests/": [503, 502], layer.digest: [("cut", cut)]}
+        hosts = Hosts.plain_http(proxy.host)
+        c = Client(hosts=hosts, credentials=lambda h: None, backoff=0.01)
+        dst = ContentStore(str(tmp_path / "dst"))
+        _, got, _ = pull(f"{proxy.host}/flaky/app:1", dst, client=c)
+    finally:
+        proxy.stop()
+    assert got.digest == root.digest
+    assert [s[0] for s in proxy.seen if "/manifests/" in s[1]][:3] == ["GET"] * 3
+    first, second = [s[2] for s in proxy.seen if layer.digest in s[1]]
+    assert first is None and 0 < int(second[len("bytes="):-1]) <= cut
+    assert blob(dst, layer.digest) == blob(src, layer.digest)
 
 
 # --- interruption and concurrency
