@@ -177,6 +177,10 @@ def pull(ref, store, *, client=None, platform=None, all_platforms=False,
     digest mismatch, malformed manifest), NotImplementedYet (schema1),
     NotFound (unknown image, no manifest for the platform), and the
     client's errors (refused, unreachable).
+
+    With the metadata layer, pass a store bound to a lease
+    (``db.content_store(ns, lease=…)``) so that garbage collection cannot
+    take the blobs before an image record points at ``root``.
     """
     ref = ref if isinstance(ref, Reference) else parse_reference(ref)
     if isinstance(platform, str):
