@@ -179,9 +179,10 @@ _ATTRS = {
 # None until the first overlay mount finds out whether fsconfig(2) takes
 # "lowerdir+" (Linux 6.8+).
 _has_lowerdir_plus = None
-# fsconfig(2) copies at most 256 bytes of a string value (strndup_user in
-# fs/fsopen.c); longer paths go as O_PATH fds (FSCONFIG_SET_FD, which
-# overlayfs takes for its layers since Linux 6.13).
+# fsconfig(2) copies at most 256 bytes of a string value, NUL included
+# (strndup_user in fs/fsopen.c); longer paths go as O_PATH fds
+# (FSCONFIG_SET_FD, which newer overlayfs takes for its layers; older
+# kernels say EINVAL and the chdir way is used).
 _FSCONFIG_MAX_STRING = 255
 _OVERLAY_PATH_KEYS = ("lowerdir+", "upperdir", "workdir", "datadir+")
 
@@ -194,10 +195,12 @@ def mount_overlay(source, target, flags, data, options=()):
     with the new mount API (Linux 6.8+) each lower dir is passed on its own
     as ``lowerdir+`` through fsconfig(2), so there is no limit (a path over
     fsconfig's 256-byte string limit goes as an O_PATH fd).  On older
-    kernels, or when such an fd is refused, as containerd does, the lower dirs are made relative to their
-    common parent and the mount is done from there, in a helper thread that
-    first unshares its cwd (unshare(CLONE_FS)) so that other threads never
-    see the chdir.  Raises SyscallError naming source, target, type, flags
+    kernels, or when such an fd is refused, the lower dirs are made
+    relative to their common parent and the mount is done from there, as
+    containerd does, in a helper thread that first unshares its cwd
+    (unshare(CLONE_FS)) so that other threads never see the chdir.
+
+    Raises SyscallError naming the failed call, source, target, type, flags
     and options; InvalidArgument if even the short form exceeds a page.
     """
     if _lowerdir_plus():
@@ -206,9 +209,11 @@ def mount_overlay(source, target, flags, data, options=()):
             return
         except _NeedLegacy:
             pass
-        except linux.SyscallError as e:
-            raise linux.SyscallError(e.errno, e.syscall, f"{e.detail}; "
-                                     + _describe(source, target, "overlay", flags, options), target) from None
+        except OSError as e:  # also open(2) of a layer passed as an fd
+            call = getattr(e, "syscall", "open")
+            detail = getattr(e, "detail", repr(e.filename))
+            raise linux.SyscallError(e.errno, call, f"{detail}; " + _describe(
+                source, target, "overlay", flags, options), target) from None
     _mount_overlay_legacy(source, target, flags, data, options)
 
 

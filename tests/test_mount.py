@@ -143,3 +143,11 @@ def test_overlay_error_names_the_lower_dir(where):
         mount_all([Mount("overlay", "overlay", options=("lowerdir=/nonexistent-lower:/tmp",))],
                   where)
     assert "/nonexistent-lower" in str(e.value) and "type='overlay'" in str(e.value)
+
+
+@pytest.mark.root
+def test_overlay_error_names_a_long_lower_dir(where):
+    missing = "/" + "m" * 200 + "/" + "n" * 100  # over fsconfig's string limit: an fd
+    with pytest.raises(OSError) as e:
+        mount_all([Mount("overlay", "overlay", options=(f"lowerdir={missing}:/tmp",))], where)
+    assert e.value.errno == 2 and missing in str(e.value) and "type='overlay'" in str(e.value)
