@@ -216,4 +216,4 @@ def _sweep_ingests(db, leased, grace, stats):
             stats.ingests.append(st.ref)
         except (NotFound, Unavailable):
             pass  # finished or picked up meanwhile
-    store.remove_stale_temporaries(grace)
+    stats.ingests.extend(store.remove_stale_temporaries())
