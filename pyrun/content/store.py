@@ -21,7 +21,6 @@ import io
 import json
 import os
 import secrets
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -311,7 +310,7 @@ class ContentStore:
     def _create_ingest(self, path, ref, total, expected):
         # Build the directory complete under a temporary name and rename it
         # into place, so an ingest directory is never seen half-made.
-        tmp = os.path.join(self.root, "ingest", f".tmp-{secrets.token_hex(8)}")
+        tmp = os.path.join(self.root, "ingest", f".tmp-{os.getpid()}-{secrets.token_hex(8)}")
         os.mkdir(tmp)
         try:
             _write_status(tmp, ref, total or 0, expected or "", _now_ns())
@@ -370,19 +369,24 @@ class ContentStore:
         finally:
             os.close(fd)
 
-    def remove_stale_temporaries(self, older_than):
+    def remove_stale_temporaries(self):
         """Remove ingest directories left half-made or half-removed by a
-        process that died (``ingest/.tmp-*``, ``ingest/.trash-*``) whose
-        last change is more than ``older_than`` seconds ago."""
+        process that died (``ingest/.tmp-<pid>-*``, ``ingest/.trash-<pid>-*``;
+        the pid is the process that made them, and its own are left while it
+        lives).  Returns the names removed."""
         base = os.path.join(self.root, "ingest")
-        cutoff = time.time() - older_than
+        removed = []
         for name in os.listdir(base):
-            path = os.path.join(base, name)
+            kind, _, rest = name.partition("-")
+            pid = rest.split("-")[0]
+            if kind not in (".tmp", ".trash") or not pid.isdigit() or _alive(int(pid)):
+                continue
             try:
-                if name.startswith((".tmp-", ".trash-")) and os.lstat(path).st_mtime < cutoff:
-                    remove_tree(path)
+                remove_tree(os.path.join(base, name))
+                removed.append(name)
             except FileNotFoundError:
-                pass  # its owner finished meanwhile
+                pass  # removed by another process meanwhile
+        return removed
 
     def abort(self, ref):
         """Discard ingest ``ref`` and its data.  NotFound if none;
@@ -405,12 +409,22 @@ class ContentStore:
 def _discard_ingest(path):
     # Rename away first so that no new writer opens the directory while its
     # files are being removed; the caller holds its lock.
-    trash = os.path.join(os.path.dirname(path), f".trash-{secrets.token_hex(8)}")
+    trash = os.path.join(os.path.dirname(path), f".trash-{os.getpid()}-{secrets.token_hex(8)}")
     try:
         os.rename(path, trash)
     except FileNotFoundError:
         return
     remove_tree(trash)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _now_ns():

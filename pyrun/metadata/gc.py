@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 
 from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from pyrun.metadata.leases import EXPIRE_LABEL, parse_expire
-from pyrun.metadata.snapshots import commit_lock, recover
+from pyrun.metadata.snapshots import commit_lock, recover_locked
 
 ROOT_LABEL = "containerd.io/gc.root"
 CONTENT_REF = "containerd.io/gc.ref.content"
@@ -145,7 +145,7 @@ def collect(db, ingest_grace=INGEST_GRACE):
     ``errors`` and retried next time.
     """
     with commit_lock(db):
-        recover(db)
+        recover_locked(db)
         return _collect(db, ingest_grace)
 
 
@@ -216,4 +216,4 @@ def _sweep_ingests(db, leased, grace, stats):
             stats.ingests.append(st.ref)
         except (NotFound, Unavailable):
             pass  # finished or picked up meanwhile
-    store.remove_stale_temporaries(grace)
+    stats.ingests.extend(store.remove_stale_temporaries())

@@ -53,9 +53,14 @@ def commit_lock(db):
 def recover(db):
     """Finish or forget snapshot commits whose process died (see the module
     docstring).  Rows of snapshotters not configured in ``db`` are left."""
-    if not db.query("SELECT 1 FROM snapshots WHERE pending != '' LIMIT 1"):
-        return
-    with commit_lock(db), db.transaction() as c:
+    if db.query("SELECT 1 FROM snapshots WHERE pending != '' LIMIT 1"):
+        with commit_lock(db):
+            recover_locked(db)
+
+
+def recover_locked(db):
+    """:func:`recover` for a caller that holds :func:`commit_lock`."""
+    with db.transaction() as c:
         for row in c.execute("SELECT * FROM snapshots WHERE pending != ''").fetchall():
             backend = db.snapshotters.get(row["snapshotter"])
             if backend is None:
@@ -170,8 +175,11 @@ class NamespacedSnapshotter:
         return f"{self.namespace}/{secrets.token_hex(8)}/{key}"
 
     def _check_free(self, key):
+        # A name that a commit in progress (or cut short) will take counts
+        # as taken, so that its recovery never finds the name in use.
         if self.db.conn.execute("SELECT 1 FROM snapshots WHERE namespace=? AND snapshotter=? AND "
-                                "key=?", (self.namespace, self.name, key)).fetchone():
+                                "(key=? OR (pending != '' AND json_extract(pending, '$.name')=?))",
+                                (self.namespace, self.name, key, key)).fetchone():
             raise AlreadyExists(f"snapshot {key!r}: already exists in namespace {self.namespace} "
                                 f"({self.name})")
 
@@ -193,6 +201,7 @@ class NamespacedSnapshotter:
         labels = labelsmod.validate(labels, f"snapshot {name!r}")
         intent = {"name": name, "backend_key": self._new_backend_key(name), "labels": labels}
         with commit_lock(self.db):
+            recover_locked(self.db)  # cut-short commits of dead processes first
             with self.db.transaction() as c:
                 row = self._row(key)
                 self._check_free(name)
