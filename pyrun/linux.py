@@ -170,3 +170,40 @@ def mount_setattr(path, attr_set=0, attr_clr=0, propagation=0, recursive=False, 
     flags = 0x8000 if recursive else 0  # AT_RECURSIVE
     _check(lib.pr_mount_setattr(dfd, _b(path), flags, attr_set, attr_clr, propagation, 0),
            "mount_setattr", f"{path!r}, set={attr_set:#x}, clr={attr_clr:#x}", path)
+
+
+# openat2(2) resolve flags (<linux/openat2.h>).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+RESOLVE_CACHED = 0x20
+
+RESOLVE_FLAGS = {
+    name: value
+    for name, value in globals().items()
+    if name.startswith("RESOLVE_") and isinstance(value, int)
+}
+
+
+def openat2(dirfd, path, flags, mode=0, resolve=0):
+    """openat2(2): open ``path`` relative to ``dirfd`` with ``resolve``
+    (RESOLVE_*) restricting how the path is walked; returns the fd.
+
+    With RESOLVE_IN_ROOT every ``..``, absolute symlink and absolute path is
+    resolved as if ``dirfd`` were ``/``, so the result can never lie outside
+    it.  EAGAIN (a rename raced the walk, see openat2(2)) is retried a few
+    times before it is raised.  Raises SyscallError naming the path, the
+    open flags and the resolve flags by name.
+    """
+    b = _b(path)
+    for _ in range(16):
+        fd = lib.pr_openat2(dirfd, b, flags, mode, resolve)
+        if fd >= 0:
+            return fd
+        err = ffi.errno
+        if err != _errno.EAGAIN or resolve & RESOLVE_CACHED:
+            break
+    raise SyscallError(err, "openat2",
+                       f"{dirfd}, {path!r}, {flags:#o}, {flag_names(resolve, RESOLVE_FLAGS)}", path)
