@@ -55,6 +55,7 @@ _IN_ROOT = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
 _PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _READ_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHE_MAX = 256
+_MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS
 
 # xattrs a layer may not set: overlayfs reads them as its own metadata
 # (opaque, redirect, metacopy), which would let a layer reach other layers.
@@ -302,6 +303,7 @@ class _Applier:
         self._retired = []
         self.lower_fds = []
         self.root_fd = os.open(root, _PATH_DIR)
+        self.root_path = os.readlink(_proc(self.root_fd))
         try:
             if self.overlay:
                 for d in lower_dirs:
@@ -450,16 +452,16 @@ class _Applier:
             self._invalidate()
         self._cache[key] = fd
 
-    def _parent(self, parts, name):
+    def _parent(self, parts, name, hops=0):
         """Like _lookup_dir, but missing directories are created."""
         fd = self._lookup_dir(parts)
         if fd is None:
-            fd = self._make_dir(parts, name)
+            fd = self._make_dir(parts, name, hops)
             self._cache_put("/".join(parts), fd)
         return fd
 
-    def _make_dir(self, parts, name):
-        pfd = self._parent(parts[:-1], name)
+    def _make_dir(self, parts, name, hops):
+        pfd = self._parent(parts[:-1], name, hops)
         base, path = parts[-1], "/".join(parts)
         st = _lstat(base, pfd)
         opaque = False
@@ -472,11 +474,28 @@ class _Applier:
             os.mkdir(base, 0o700, dir_fd=pfd)
             self._init_dir(parts, pfd, base, opaque)
         elif stat.S_ISLNK(st.st_mode):
-            raise InvalidArgument(f"layer entry {name!r}: parent {path!r} is a symlink that "
-                                  "does not lead to a directory inside the root")
+            # A symlink to a directory that does not exist yet: create it
+            # where the link leads inside the root, as containerd does
+            # (fs.RootPath, then MkdirAll).
+            if hops >= _MAX_SYMLINKS:
+                raise InvalidArgument(f"layer entry {name!r}: too many levels of symbolic links "
+                                      f"at {path!r}")
+            target = os.readlink(base, dir_fd=pfd)
+            if not target.startswith("/"):
+                target = "/".join(self._real_parts(pfd) + (target,))
+            return os.dup(self._parent(self._clean(target, name), name, hops + 1))
         elif not stat.S_ISDIR(st.st_mode):
             raise InvalidArgument(f"layer entry {name!r}: parent {path!r} is not a directory")
         return os.open(base, _PATH_DIR | os.O_NOFOLLOW, dir_fd=pfd)
+
+    def _real_parts(self, fd):
+        # Where a directory fd really is, as components below the root.
+        path = os.readlink(_proc(fd))
+        if path == self.root_path:
+            return ()
+        if not path.startswith(self.root_path.rstrip("/") + "/"):
+            raise InvalidArgument(f"directory {path!r} is not below the root {self.root_path!r}")
+        return tuple(path[len(self.root_path.rstrip("/")) + 1:].split("/"))
 
     def _init_dir(self, parts, pfd, base, opaque):
         # A directory the layer needs but does not list: in overlay mode it
