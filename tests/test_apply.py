@@ -5,7 +5,9 @@ applied in overlay mode and compare it with the native-mode result.
 """
 import gzip
 import io
+import json
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -191,6 +193,40 @@ def test_tar_without_end_of_archive_blocks(tmp_path):
     assert data.endswith(b"x" * 700 + bytes(512 - 700 % 512))
     res = apply(tmp_path / "root", data, mode="native", expected_diffid=sha256(data))
     assert res.entries == 3 and (tmp_path / "root/d/b").read_bytes() == b"x" * 700
+
+
+def test_tar_ending_right_after_the_last_data(tmp_path):
+    # umoci insert: no padding of the last block, no end-of-archive blocks.
+    data = tar(dir("d"), file("d/a", b"hello"), end=False)[:1024 + 5]
+    res = apply(tmp_path / "root", data, mode="native", expected_diffid=sha256(data))
+    assert res.size_uncompressed == 1029 and (tmp_path / "root/d/a").read_bytes() == b"hello"
+    with pytest.raises(InvalidArgument, match="'d/a': tar stream ends inside its data"):
+        apply(tmp_path / "r2", data[:-2], mode="native")
+
+
+@pytest.mark.skipif(not shutil.which("umoci"), reason="umoci not installed")
+def test_umoci_insert_layer(tmp_path):
+    layout, src = tmp_path / "layout", tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub/f").write_bytes(b"abc")
+    for cmd in (["init", "--layout", str(layout)], ["new", "--image", f"{layout}:t"],
+                ["insert", "--image", f"{layout}:t", str(src), "/dst"]):
+        subprocess.run(["umoci", *cmd], check=True, capture_output=True)
+
+    def blob(desc):
+        return layout / "blobs" / desc["digest"].replace(":", "/")
+
+    index = json.loads((layout / "index.json").read_bytes())
+    manifest = json.loads(blob(index["manifests"][0]).read_bytes())
+    config = json.loads(blob(manifest["config"]).read_bytes())
+    layer = manifest["layers"][-1]
+    (tmp_path / "root").mkdir()
+    with open(blob(layer), "rb") as f:
+        res = apply_layer(f, str(tmp_path / "root"), mode="overlay",
+                          media_type=layer["mediaType"], compute_digest=True,
+                          expected_diffid=config["rootfs"]["diff_ids"][-1])
+    assert res.digest == layer["digest"] and res.size == layer["size"]
+    assert (tmp_path / "root/dst/sub/f").read_bytes() == b"abc"
 
 
 def test_empty_layers(tmp_path):

@@ -190,6 +190,30 @@ class _TarInfo(tarfile.TarInfo):
         return super()._proc_member(tf)
 
 
+class _Padded:
+    # The tar stream, zero-padded at its very end to a whole 512-byte
+    # block: ``umoci insert`` ends its tar right after the last file's data,
+    # which Go's archive/tar (containerd) takes but tarfile does not.  The
+    # padding is added above the digest, so the diffID stays the stream's.
+    # ``real`` counts the bytes that really came.
+
+    def __init__(self, fileobj):
+        self._f = fileobj
+        self._pad = None
+        self.real = 0
+
+    def read(self, n=-1):
+        if self._pad is None:
+            data = self._f.read(n)
+            if data:
+                self.real += len(data)
+                return data
+            self._pad = -self.real % tarfile.BLOCKSIZE
+        k = self._pad if n is None or n < 0 else min(n, self._pad)
+        self._pad -= k
+        return bytes(k)
+
+
 def _entry_error(name, e):
     if isinstance(e, OSError) and e.errno in _MACHINE_ERRNOS:
         return OSError(e.errno, f"layer entry {name!r}: {e}", e.filename)
@@ -322,14 +346,15 @@ class _Applier:
     # -- the tar stream ---------------------------------------------------
 
     def apply(self, stream):
+        stream = _Padded(stream)
         try:
             tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_TarInfo,
                               encoding="utf-8", errors="surrogateescape")
         except tarfile.ReadError as e:
-            if stream.size == 0:
+            if stream.real == 0:
                 return  # an empty blob: a layer that changes nothing
             raise InvalidArgument(f"layer is not a tar stream: {e}") from None
-        last = None
+        last, data_end = None, 0
         while True:
             try:
                 ti = tf.next()
@@ -339,8 +364,13 @@ class _Applier:
                 bad = getattr(tf, "pyrun_bad_header", None)
                 if bad is not None:
                     raise InvalidArgument(f"corrupt tar header after entry {last!r}: {bad}")
+                if data_end > stream.real:  # what _Padded added was not padding
+                    raise InvalidArgument(f"layer entry {last!r}: tar stream ends inside its data")
                 break
             tf.members.clear()  # tarfile keeps every header; we need none
+            if ti.isreg():
+                stored = sum(n for _, n in ti.sparse) if ti.sparse is not None else ti.size
+                data_end = ti.offset_data + stored
             self.entries += 1
             if self.entries > self.max_entries:
                 raise InvalidArgument(f"layer has more than {self.max_entries} entries "
