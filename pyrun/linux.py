@@ -172,6 +172,79 @@ def mount_setattr(path, attr_set=0, attr_clr=0, propagation=0, recursive=False, 
            "mount_setattr", f"{path!r}, set={attr_set:#x}, clr={attr_clr:#x}", path)
 
 
+# The new mount API (fsopen(2), fsconfig(2), fsmount(2), move_mount(2),
+# open_tree(2)); values from <linux/mount.h>.
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+CLONE_FS = 0x00000200
+
+_FSCONFIG_CMDS = {FSCONFIG_SET_FLAG: "FSCONFIG_SET_FLAG", FSCONFIG_SET_STRING: "FSCONFIG_SET_STRING",
+                  FSCONFIG_SET_FD: "FSCONFIG_SET_FD", FSCONFIG_CMD_CREATE: "FSCONFIG_CMD_CREATE"}
+
+
+def fs_context_log(fd):
+    """The messages the kernel queued on an fsopen(2) context (``e overlay:
+    …`` lines), joined by ``; ``.  Empty if there are none."""
+    lines = []
+    while True:
+        try:
+            msg = os.read(fd, 4096)
+        except OSError:  # ENODATA: the queue is empty
+            break
+        if not msg:
+            break
+        lines.append(os.fsdecode(msg))
+    return "; ".join(lines)
+
+
+def _fs_error(fd, syscall, detail, filename=None):
+    err = ffi.errno
+    log = fs_context_log(fd)
+    raise SyscallError(err, syscall, f"{detail}{' [' + log + ']' if log else ''}", filename)
+
+
+def fsopen(fsname, flags=FSOPEN_CLOEXEC):
+    """fsopen(2): a filesystem context fd for ``fsname`` (e.g. "overlay")."""
+    return _check(lib.pr_fsopen(_b(fsname), flags), "fsopen", repr(fsname))
+
+
+def fsconfig(fd, cmd, key=None, value=None, aux=0):
+    """fsconfig(2) on an fsopen(2) context.  A failure carries the kernel's
+    message for the context (e.g. ``overlay: failed to resolve 'x'``)."""
+    if lib.pr_fsconfig(fd, cmd, _b(key), _b(value), aux) < 0:
+        _fs_error(fd, "fsconfig", f"{fd}, {_FSCONFIG_CMDS.get(cmd, cmd)}, {key!r}, {value!r}, {aux}")
+
+
+def fsmount(fd, flags=FSMOUNT_CLOEXEC, attr_flags=0):
+    """fsmount(2): a detached mount fd for a created filesystem context;
+    ``attr_flags`` are MOUNT_ATTR_*."""
+    ret = lib.pr_fsmount(fd, flags, attr_flags)
+    if ret < 0:
+        _fs_error(fd, "fsmount", f"{fd}, {flags:#x}, {attr_flags:#x}")
+    return ret
+
+
+def move_mount(from_dfd, from_path, to_dfd, to_path, flags=0):
+    """move_mount(2), e.g. attach an fsmount(2) fd at ``to_path``
+    (``from_path=""`` with MOVE_MOUNT_F_EMPTY_PATH)."""
+    _check(lib.pr_move_mount(from_dfd, _b(from_path), to_dfd, _b(to_path), flags),
+           "move_mount", f"{from_dfd}, {from_path!r}, {to_dfd}, {to_path!r}, {flags:#x}", to_path)
+
+
 # openat2(2) resolve flags (<linux/openat2.h>).
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
