@@ -77,7 +77,8 @@ def remove_at(dir_fd, name):
         where = os.readlink(f"/proc/self/fd/{sub}")
         held = mounts_under(where)
         if held or os.fstat(sub).st_dev != os.fstat(dir_fd).st_dev:
-            raise FailedPrecondition(f"refusing to remove {where}: mount points below it: {held}")
+            raise FailedPrecondition(f"refusing to remove {where}: mount points below it: "
+                                     f"{held or [where]}")
         _clear_dir(sub, st.st_dev, where)
     finally:
         os.close(sub)

@@ -255,9 +255,12 @@ RESOLVE_IN_ROOT = 0x10
 RESOLVE_CACHED = 0x20
 
 RESOLVE_FLAGS = {
-    name: value
-    for name, value in globals().items()
-    if name.startswith("RESOLVE_") and isinstance(value, int)
+    "RESOLVE_NO_XDEV": RESOLVE_NO_XDEV,
+    "RESOLVE_NO_MAGICLINKS": RESOLVE_NO_MAGICLINKS,
+    "RESOLVE_NO_SYMLINKS": RESOLVE_NO_SYMLINKS,
+    "RESOLVE_BENEATH": RESOLVE_BENEATH,
+    "RESOLVE_IN_ROOT": RESOLVE_IN_ROOT,
+    "RESOLVE_CACHED": RESOLVE_CACHED,
 }
 
 

@@ -1,9 +1,9 @@
 """Unpacking images from a content store onto every snapshotter backend,
 with real overlayfs and bind mounts."""
 import gzip
+import hashlib
 import io
 import json
-import os
 
 import pytest
 import zstandard
@@ -97,12 +97,12 @@ def committed(sn):
 
 def test_chain_ids():
     a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
-    import hashlib
     assert chain_ids([a, b]) == [a, "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()]
     assert chain_ids([]) == []
 
 
-@pytest.mark.parametrize("compress", [(gzip.compress, GZ), (zstandard.ZstdCompressor().compress, ZST)])
+@pytest.mark.parametrize("compress", [(gzip.compress, GZ),
+                                      (zstandard.ZstdCompressor().compress, ZST)])
 def test_unpack_into_snapshots(sn, work, compress):
     store = ContentStore(str(work / "content"))
     desc = image(store, LAYERS, compress=compress)

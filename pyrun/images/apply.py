@@ -281,7 +281,8 @@ def _set_xattrs(target, pairs, name, follow=True):
         except OSError as e:
             # As containerd: a filesystem without that xattr namespace, or
             # user.* on a symlink or device (xattr(7)), is not fatal.
-            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) or (e.errno == errno.EPERM and not follow):
+            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) or (
+                    e.errno == errno.EPERM and not follow):
                 log.warning("layer entry %r: xattr %s not applied: %s", name, key, e.strerror)
                 continue
             raise

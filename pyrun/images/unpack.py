@@ -16,7 +16,6 @@ possible later optimisation.
 """
 import hashlib
 import json
-import logging
 import os
 import secrets
 import tempfile
@@ -25,8 +24,6 @@ from dataclasses import replace
 from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound
 from pyrun.images.apply import NATIVE, OVERLAY, apply_layer
 from pyrun.mount import mount_all, overlay_dirs, unmount_all
-
-log = logging.getLogger(__name__)
 
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
