@@ -233,3 +233,16 @@ def test_layer_cannot_forge_overlay_xattrs(box):
                                 "SCHILY.xattr.trusted.overlay.opaque": "y",
                                 "SCHILY.xattr.user.ok": "1"})), "overlay")
     assert os.listxattr(box.root / "d") == ["user.ok"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_depth_through_symlinks_bounded(box, mode):
+    # Each symlink leads 200 levels deeper than its name says; the tree
+    # may still not get deeper than max_depth.
+    deep = "/".join(["m"] * 200)
+    entries = [symlink(f"s{k}", f"s{k + 1}/{deep}") for k in range(30)]
+    with pytest.raises(InvalidArgument, match=r"'s0/x'.*levels below the root \(limit 256\)"):
+        box.apply(tar(*entries, symlink("s30", "end"), file("s0/x")), mode)
+    with pytest.raises(InvalidArgument, match=r"'t/.*levels below the root \(limit 256\)"):
+        box.apply(tar(symlink("t", f"/{deep}"), dir(deep), dir(f"t/{deep}"),
+                      dir(f"t/{deep}/more")), mode)

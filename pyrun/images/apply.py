@@ -486,13 +486,21 @@ class _Applier:
     def _parent(self, parts, name, hops=0):
         """Like _lookup_dir, but missing directories are created."""
         fd = self._lookup_dir(parts)
-        if fd is None:
-            fd = self._make_dir(parts, name, hops)
-            self._cache_put("/".join(parts), fd)
+        if fd is not None:
+            return fd
+        # Find the longest prefix that exists, then make the rest in order
+        # (a loop: the depth of a hostile name must not become recursion).
+        i = len(parts) - 1
+        while i > 0 and self._lookup_dir(parts[:i]) is None:
+            i -= 1
+        for j in range(i + 1, len(parts) + 1):
+            fd = self._make_dir(parts[:j], self._lookup_dir(parts[:j - 1]), name, hops)
+            self._cache_put("/".join(parts[:j]), fd)
         return fd
 
-    def _make_dir(self, parts, name, hops):
-        pfd = self._parent(parts[:-1], name, hops)
+    def _make_dir(self, parts, pfd, name, hops):
+        # The directory ``parts`` whose parent is open as ``pfd``: made if
+        # missing, reached through a dangling symlink, or refused.
         base, path = parts[-1], "/".join(parts)
         st = _lstat(base, pfd)
         opaque = False
@@ -502,7 +510,7 @@ class _Applier:
             os.unlink(base, dir_fd=pfd)
             st, opaque = None, True
         if st is None:
-            os.mkdir(base, 0o700, dir_fd=pfd)
+            self._mkdir(pfd, base, name)
             self._init_dir(parts, pfd, base, opaque)
         elif stat.S_ISLNK(st.st_mode):
             # A symlink to a directory that does not exist yet: create it
@@ -518,6 +526,16 @@ class _Applier:
         elif not stat.S_ISDIR(st.st_mode):
             raise InvalidArgument(f"layer entry {name!r}: parent {path!r} is not a directory")
         return os.open(base, _PATH_DIR | os.O_NOFOLLOW, dir_fd=pfd)
+
+    def _mkdir(self, pfd, base, name):
+        # Names are at most max_depth deep, but symlinks can lead deeper; a
+        # tree deeper than that is refused too, since whoever walks it later
+        # (removal, copies) must not run out of stack.
+        depth = len(self._real_parts(pfd)) + 1
+        if depth > self.max_depth:
+            raise InvalidArgument(f"layer entry {name!r}: a directory {depth} levels below the "
+                                  f"root (limit {self.max_depth})")
+        os.mkdir(base, 0o700, dir_fd=pfd)
 
     def _real_parts(self, fd):
         # Where a directory fd really is, as components below the root.
@@ -753,7 +771,7 @@ class _Applier:
             opaque = self.overlay and ti.isdir() and _is_whiteout(st)
             self._remove(pfd, base, st)  # pfd stays valid: base is not on its path
         if ti.isdir():
-            os.mkdir(base, 0o700, dir_fd=pfd)
+            self._mkdir(pfd, base, name)
             fd = os.open(base, _READ_DIR, dir_fd=pfd)
             try:
                 self._dir_meta(fd, ti, "/".join(parts))
