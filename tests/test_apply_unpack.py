@@ -14,9 +14,9 @@ from pyrun.content.store import ContentStore, write_blob
 from pyrun.errdefs import InvalidArgument
 from pyrun.fsutil import remove_tree
 from pyrun.images.apply import apply_layer
-from pyrun.images.unpack import (SNAPSHOT_REF_LABEL, UNCOMPRESSED_LABEL, chain_ids,
-                                 unpack)
-from pyrun.mount import mount_all, unmount_all
+from pyrun.images.unpack import (SNAPSHOT_REF_LABEL, UNCOMPRESSED_LABEL, apply_to_mounts,
+                                 chain_ids, unpack)
+from pyrun.mount import Mount, mount_all, unmount_all
 from pyrun.snapshots import Kind, registry
 
 pytestmark = pytest.mark.root
@@ -161,3 +161,23 @@ def test_bad_manifests(sn, work):
     with pytest.raises(InvalidArgument, match="cannot unpack 'application/vnd.oci.image.index"):
         unpack(index, store, sn)
     assert committed(sn) == []
+
+
+def test_apply_through_mounts(work):
+    # Mounts that are neither one overlay nor one bind: applied through a
+    # temporary mount, which is gone afterwards.
+    a, b, tmp = work / "a", work / "b", work / "tmp"
+    for d in (a, b, tmp):
+        d.mkdir()
+    (a / "inner").mkdir()
+    mounts = [Mount("bind", str(a), options=("rbind", "rw")),
+              Mount("bind", str(b), target="inner", options=("rbind", "rw"))]
+    data = tar(file("x", b"1"), file("inner/y", b"2"))
+    res = apply_to_mounts(mounts, io.BytesIO(data), tmp_dir=str(tmp), expected_diffid=sha256(data))
+    assert res.entries == 2
+    assert (a / "x").read_bytes() == b"1" and (b / "y").read_bytes() == b"2"
+    assert list(tmp.iterdir()) == []
+    with pytest.raises(OSError, match="Read-only"):
+        apply_to_mounts([Mount("bind", str(a), options=("rbind", "ro"))], io.BytesIO(data),
+                        tmp_dir=str(tmp))
+    assert list(tmp.iterdir()) == [] and not (a / "inner/y").exists()

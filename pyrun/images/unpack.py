@@ -66,7 +66,7 @@ def apply_to_mounts(mounts, stream, *, tmp_dir=None, **kw):
 
     - one overlay mount with an ``upperdir``: overlay mode on the upper dir,
       its ``lowerdir`` list as ``lower_dirs``;
-    - one bind mount: native mode on its source;
+    - one read-write bind mount: native mode on its source;
     - anything else: mounted in a temporary dir under ``tmp_dir`` and
       applied in native mode through the mount.
 
@@ -77,7 +77,8 @@ def apply_to_mounts(mounts, stream, *, tmp_dir=None, **kw):
         upper, lowers = overlay_dirs(mounts[0])
         if upper is not None:
             return apply_layer(stream, upper, mode=OVERLAY, lower_dirs=lowers, **kw)
-    if len(mounts) == 1 and mounts[0].type == "bind" and not mounts[0].target:
+    if len(mounts) == 1 and mounts[0].type == "bind" and not mounts[0].target \
+            and "ro" not in mounts[0].options:
         return apply_layer(stream, mounts[0].source, mode=NATIVE, **kw)
     where = tempfile.mkdtemp(prefix="pyrun-apply-", dir=tmp_dir)
     try:
