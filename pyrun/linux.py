@@ -294,3 +294,43 @@ def move_mount(from_dfd, from_path, to_dfd, to_path, flags=0):
     (``from_path=""`` with MOVE_MOUNT_F_EMPTY_PATH)."""
     _check(lib.pr_move_mount(from_dfd, _b(from_path), to_dfd, _b(to_path), flags),
            "move_mount", f"{from_dfd}, {from_path!r}, {to_dfd}, {to_path!r}, {flags:#x}", to_path)
+
+
+# openat2(2) resolve flags (<linux/openat2.h>).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+RESOLVE_CACHED = 0x20
+
+RESOLVE_FLAGS = {
+    "RESOLVE_NO_XDEV": RESOLVE_NO_XDEV,
+    "RESOLVE_NO_MAGICLINKS": RESOLVE_NO_MAGICLINKS,
+    "RESOLVE_NO_SYMLINKS": RESOLVE_NO_SYMLINKS,
+    "RESOLVE_BENEATH": RESOLVE_BENEATH,
+    "RESOLVE_IN_ROOT": RESOLVE_IN_ROOT,
+    "RESOLVE_CACHED": RESOLVE_CACHED,
+}
+
+
+def openat2(dirfd, path, flags, mode=0, resolve=0):
+    """openat2(2): open ``path`` relative to ``dirfd`` with ``resolve``
+    (RESOLVE_*) restricting how the path is walked; returns the fd.
+
+    With RESOLVE_IN_ROOT every ``..``, absolute symlink and absolute path is
+    resolved as if ``dirfd`` were ``/``, so the result can never lie outside
+    it.  EAGAIN (a rename raced the walk, see openat2(2)) is retried a few
+    times before it is raised.  Raises SyscallError naming the path, the
+    open flags and the resolve flags by name.
+    """
+    b = _b(path)
+    for _ in range(16):
+        fd = lib.pr_openat2(dirfd, b, flags, mode, resolve)
+        if fd >= 0:
+            return fd
+        err = ffi.errno
+        if err != _errno.EAGAIN or resolve & RESOLVE_CACHED:
+            break
+    raise SyscallError(err, "openat2",
+                       f"{dirfd}, {path!r}, {flags:#o}, {flag_names(resolve, RESOLVE_FLAGS)}", path)

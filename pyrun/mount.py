@@ -346,3 +346,22 @@ def _mount_overlay_chdir(source, target, flags, data, options):
     t.join()
     if result:
         raise result[0]
+
+
+def overlay_dirs(m):
+    """The layer dirs of an overlay :class:`Mount`: ``(upperdir, lowerdirs)``
+    with ``upperdir`` None for a read-only overlay and ``lowerdirs``
+    topmost first, ``\\:`` escapes undone.  InvalidArgument for a mount
+    that is not an overlay or has no ``lowerdir``."""
+    if m.type != "overlay":
+        raise InvalidArgument(f"not an overlay mount: {m}")
+    upper, lowers = None, None
+    for opt in m.options:
+        key, _, value = opt.partition("=")
+        if key == "upperdir":
+            upper = value
+        elif key == "lowerdir":
+            lowers = _split_lowerdir(value)
+    if lowers is None:
+        raise InvalidArgument(f"overlay mount without lowerdir: {m}")
+    return upper, lowers
