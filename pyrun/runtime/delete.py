@@ -5,7 +5,7 @@ import select
 
 from pyrun import linux
 from pyrun.oci import spec as ocispec
-from pyrun.runtime.hooks import HookError, run_hooks, warn
+from pyrun.runtime.hooks import run_hooks
 from pyrun.runtime.state import Status, proc_start_time, require
 
 
@@ -48,9 +48,6 @@ def delete(store, cid, force=False, cgroup_manager=None):
         store.remove(cid)
         if hooks and st.status != Status.CREATING:
             st.status = Status.STOPPED
-            try:
-                run_hooks("poststop", hooks, st.oci())
-            except HookError as e:
-                warn(str(e))
+            run_hooks("poststop", hooks, st.oci(), warn_only=True)
     finally:
         os.close(lock)

@@ -15,11 +15,20 @@ class HookError(FailedPrecondition):
     """A hook exited non-zero, could not run, or timed out."""
 
 
-def run_hooks(kind, hooks, state):
+def run_hooks(kind, hooks, state, warn_only=False):
     """Run ``hooks`` (tuple of :class:`~pyrun.oci.spec.Hook`) in order with
     ``state`` (the runtime-spec state dict) on stdin.  Raises HookError
-    for the first failure."""
+    for the first failure; with ``warn_only`` (poststart, poststop: runtime
+    spec "Lifecycle" steps 11 and 13) every hook runs and each failure is
+    a warning on stderr."""
     if not hooks:
+        return
+    if warn_only:
+        for i, h in enumerate(hooks):
+            try:
+                run_hooks(kind, (h,), state)
+            except HookError as e:
+                warn(str(e).replace(f"{kind} hook 0", f"{kind} hook {i}", 1))
         return
     import subprocess
 

@@ -321,7 +321,11 @@ def build(spec, inp):
                  s1=spec.domainname)
 
     # ---- root filesystem ----
-    prop = _PROPAGATION.get(linux.rootfs_propagation or "rslave", L.MS_SLAVE | L.MS_REC)
+    # Nothing done in the new mount namespace may reach the host: make the
+    # whole tree a slave first.  The spec's rootfsPropagation applies to
+    # the container's own / after pivot_root (a shared or unbindable parent
+    # would make the rootfs bind or pivot_root fail).
+    prop = L.MS_SLAVE | L.MS_REC
     plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(prop, L.MS_FLAGS)} in the new mount namespace",
              "rootfs", s2="/", flags=prop, n1=lib.PR_MNT_HOST_TARGET)
     plan.add(lib.PR_OP_MOUNT, f"bind the rootfs {inp.rootfs} onto itself", "rootfs",
@@ -381,6 +385,10 @@ def build(spec, inp):
         plan.add(lib.PR_OP_PIVOT_ROOT, f"pivot_root to {inp.rootfs}, detach the old root", "pivot",
                  s1=inp.rootfs)
     plan.add(lib.PR_OP_OPEN_ROOT, "open the new /", "pivot", s1="/")
+    if linux.rootfs_propagation:
+        rp = _PROPAGATION[linux.rootfs_propagation]
+        plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(rp, L.MS_FLAGS)} (rootfsPropagation)",
+                 "pivot", s2="/", flags=rp, n1=lib.PR_MNT_HOST_TARGET)
 
     if proc is not None and proc.terminal:
         if inp.console_fd < 0:

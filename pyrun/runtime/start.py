@@ -6,14 +6,14 @@ import os
 
 from pyrun.errdefs import FailedPrecondition
 from pyrun.oci import spec as ocispec
-from pyrun.runtime.hooks import HookError, run_hooks
+from pyrun.runtime.hooks import run_hooks
 from pyrun.runtime.state import Status, require
 
 
 def start(store, cid):
     """Start container ``cid``.  Raises NotFound, FailedPrecondition (not
-    in the created state, or its init died), HookError (a poststart hook
-    failed: the container is killed, as runc does)."""
+    in the created state, or its init died).  A failing poststart hook is
+    a warning (runtime spec "Lifecycle" step 11; crun does the same)."""
     lock = store.lock(cid)
     try:
         st = store.load(cid)
@@ -33,13 +33,7 @@ def start(store, cid):
         st.status = Status.RUNNING
         store.save(st)
         hooks = ocispec.parse(st.config).hooks.poststart if st.config.get("hooks") else ()
-        if hooks:
-            try:
-                run_hooks("poststart", hooks, st.oci())
-            except HookError:
-                from pyrun.runtime.kill import signal_container
-                signal_container(st, 9)
-                raise
+        run_hooks("poststart", hooks, st.oci(), warn_only=True)
         return st
     finally:
         os.close(lock)
