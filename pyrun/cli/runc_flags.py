@@ -29,7 +29,6 @@ GLOBAL = [
     Flag(("--systemd-cgroup",), "manage cgroups through systemd (needs a running systemd)"),
     Flag(("--rootless",), "accepted for runc compatibility", True, "auto"),
     Flag(("--criu",), "accepted for runc compatibility", True, ""),
-    Flag(("--trace",), "print every kernel step (teaching mode)"),
     Flag(("--help", "-h"), "show help"),
     Flag(("--version", "-v"), "print the version"),
 ]
