@@ -60,6 +60,31 @@ def remove_tree(path):
     os.rmdir(path)
 
 
+def remove_at(dir_fd, name):
+    """Remove the entry ``name`` of the directory open as ``dir_fd``: a
+    directory with everything below it, anything else by unlink.  Symlinks
+    are removed, never followed.  Refuses (FailedPrecondition) if a mount
+    point sits at or below it.  A missing ``name`` is not an error."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        where = os.readlink(f"/proc/self/fd/{sub}")
+        held = mounts_under(where)
+        if held or os.fstat(sub).st_dev != os.fstat(dir_fd).st_dev:
+            raise FailedPrecondition(f"refusing to remove {where}: mount points below it: "
+                                     f"{held or [where]}")
+        _clear_dir(sub, st.st_dev, where)
+    finally:
+        os.close(sub)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
 def _clear_dir(dfd, dev, where):
     for entry in os.scandir(dfd):
         st = os.lstat(entry.name, dir_fd=dfd)

@@ -21,6 +21,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWTIME = 0x00000080
 CLONE_PIDFD = 0x00001000
+CLONE_FS = 0x00000200  # unshare(2): a private cwd/root/umask for this thread
 
 CLONE_FLAGS = {
     "CLONE_NEWNS": CLONE_NEWNS,
@@ -32,6 +33,7 @@ CLONE_FLAGS = {
     "CLONE_NEWNET": CLONE_NEWNET,
     "CLONE_NEWTIME": CLONE_NEWTIME,
     "CLONE_PIDFD": CLONE_PIDFD,
+    "CLONE_FS": CLONE_FS,
 }
 
 # mount(2) flags (<sys/mount.h>).
@@ -172,6 +174,56 @@ def mount_setattr(path, attr_set=0, attr_clr=0, propagation=0, recursive=False, 
            "mount_setattr", f"{path!r}, set={attr_set:#x}, clr={attr_clr:#x}", path)
 
 
+# bpf(2), for cgroup v2 device filters (native/cgroup_bpf.c).
+BPF_CGROUP_DEVICE = 6     # enum bpf_attach_type
+BPF_F_ALLOW_MULTI = 2
+
+
+def bpf_prog_load_cgroup_device(insns, license):
+    """BPF_PROG_LOAD of a BPF_PROG_TYPE_CGROUP_DEVICE program; ``insns`` is
+    the encoded ``struct bpf_insn`` array.  Returns the program fd.  A
+    rejection raises SyscallError whose detail holds the verifier's log."""
+    log = ffi.new("char[]", 64 * 1024)
+    fd = lib.pr_bpf_prog_load_cgroup_device(insns, len(insns) // 8, license.encode(), log, len(log))
+    if fd < 0:
+        err = ffi.errno
+        text = ffi.string(log).decode(errors="replace").strip()
+        raise SyscallError(err, "bpf", f"BPF_PROG_LOAD cgroup_device, {len(insns) // 8} insns"
+                           + (f"; verifier: {text}" if text else ""))
+    return fd
+
+
+def bpf_prog_attach(target_fd, prog_fd, attach_type, flags=0):
+    """BPF_PROG_ATTACH ``prog_fd`` to the cgroup directory ``target_fd``."""
+    _check(lib.pr_bpf_prog_attach(target_fd, prog_fd, attach_type, flags), "bpf",
+           f"BPF_PROG_ATTACH target_fd={target_fd}, prog_fd={prog_fd}, type={attach_type}, flags={flags}")
+
+
+def bpf_prog_detach(target_fd, prog_fd, attach_type):
+    """BPF_PROG_DETACH ``prog_fd`` from the cgroup directory ``target_fd``."""
+    _check(lib.pr_bpf_prog_detach(target_fd, prog_fd, attach_type), "bpf",
+           f"BPF_PROG_DETACH target_fd={target_fd}, prog_fd={prog_fd}, type={attach_type}")
+
+
+def bpf_prog_query(target_fd, attach_type):
+    """BPF_PROG_QUERY: the ids of the programs attached to the cgroup
+    directory ``target_fd`` (not its ancestors)."""
+    room = 16
+    while True:
+        ids = ffi.new("uint32_t[]", room)
+        cnt = ffi.new("uint32_t *", room)
+        if lib.pr_bpf_prog_query(target_fd, attach_type, ids, cnt) == 0:
+            return list(ids[0:cnt[0]])
+        if ffi.errno != _errno.ENOSPC:
+            raise SyscallError(ffi.errno, "bpf", f"BPF_PROG_QUERY target_fd={target_fd}, type={attach_type}")
+        room = cnt[0]
+
+
+def bpf_prog_get_fd_by_id(prog_id):
+    """BPF_PROG_GET_FD_BY_ID; returns a new fd for the program."""
+    return _check(lib.pr_bpf_prog_get_fd_by_id(prog_id), "bpf", f"BPF_PROG_GET_FD_BY_ID {prog_id}")
+
+
 # The new mount API (fsopen(2), fsconfig(2), fsmount(2), move_mount(2),
 # open_tree(2)); values from <linux/mount.h>.
 FSOPEN_CLOEXEC = 0x1
@@ -190,7 +242,6 @@ MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
-CLONE_FS = 0x00000200
 
 _FSCONFIG_CMDS = {FSCONFIG_SET_FLAG: "FSCONFIG_SET_FLAG", FSCONFIG_SET_STRING: "FSCONFIG_SET_STRING",
                   FSCONFIG_SET_FD: "FSCONFIG_SET_FD", FSCONFIG_CMD_CREATE: "FSCONFIG_CMD_CREATE"}
@@ -243,3 +294,43 @@ def move_mount(from_dfd, from_path, to_dfd, to_path, flags=0):
     (``from_path=""`` with MOVE_MOUNT_F_EMPTY_PATH)."""
     _check(lib.pr_move_mount(from_dfd, _b(from_path), to_dfd, _b(to_path), flags),
            "move_mount", f"{from_dfd}, {from_path!r}, {to_dfd}, {to_path!r}, {flags:#x}", to_path)
+
+
+# openat2(2) resolve flags (<linux/openat2.h>).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+RESOLVE_CACHED = 0x20
+
+RESOLVE_FLAGS = {
+    "RESOLVE_NO_XDEV": RESOLVE_NO_XDEV,
+    "RESOLVE_NO_MAGICLINKS": RESOLVE_NO_MAGICLINKS,
+    "RESOLVE_NO_SYMLINKS": RESOLVE_NO_SYMLINKS,
+    "RESOLVE_BENEATH": RESOLVE_BENEATH,
+    "RESOLVE_IN_ROOT": RESOLVE_IN_ROOT,
+    "RESOLVE_CACHED": RESOLVE_CACHED,
+}
+
+
+def openat2(dirfd, path, flags, mode=0, resolve=0):
+    """openat2(2): open ``path`` relative to ``dirfd`` with ``resolve``
+    (RESOLVE_*) restricting how the path is walked; returns the fd.
+
+    With RESOLVE_IN_ROOT every ``..``, absolute symlink and absolute path is
+    resolved as if ``dirfd`` were ``/``, so the result can never lie outside
+    it.  EAGAIN (a rename raced the walk, see openat2(2)) is retried a few
+    times before it is raised.  Raises SyscallError naming the path, the
+    open flags and the resolve flags by name.
+    """
+    b = _b(path)
+    for _ in range(16):
+        fd = lib.pr_openat2(dirfd, b, flags, mode, resolve)
+        if fd >= 0:
+            return fd
+        err = ffi.errno
+        if err != _errno.EAGAIN or resolve & RESOLVE_CACHED:
+            break
+    raise SyscallError(err, "openat2",
+                       f"{dirfd}, {path!r}, {flags:#o}, {flag_names(resolve, RESOLVE_FLAGS)}", path)

@@ -65,6 +65,7 @@ def parse(text):
         m = _OP.match(text, i)
         if m:
             op, i = m.group(0), m.end()
+            start = i
             q = _QUOTED.match(text, i)
             if q:
                 value, i = _unquote(q.group(1)), q.end()
@@ -78,6 +79,7 @@ def parse(text):
                 try:
                     re.compile(value)
                 except re.error as e:
+                    i = start
                     fail(f"bad regexp {value!r} ({e})")
         sels.append(Selector(tuple(path), op, value))
         if i == len(text):

@@ -70,19 +70,20 @@ class LocalSnapshotter(Snapshotter):
 
     # What a backend provides.
 
-    def _populate(self, tmp, kind, parents):
-        """Fill the new directory ``tmp`` for a snapshot of ``kind`` on the
-        parent chain ``parents`` (snapshot dirs, nearest first)."""
+    def _populate(self, tmp, kind, parent):
+        """Fill the new directory ``tmp`` for a snapshot of ``kind`` whose
+        parent's snapshot dir is ``parent`` (None for no parent)."""
         raise NotImplementedError
 
     def _mounts(self, path, kind, parents):
-        """Mounts for the snapshot dir ``path`` (dirs as in _populate)."""
+        """Mounts for the snapshot dir ``path`` on the chain ``parents``
+        (snapshot dirs, nearest first)."""
         raise NotImplementedError
 
     # The interface.
 
     def _dir(self, id):
-        return os.path.join(self._snapshots, str(id))
+        return f"{self._snapshots}/{id}"
 
     @contextmanager
     def _locked(self, how):
@@ -144,11 +145,11 @@ class LocalSnapshotter(Snapshotter):
             # write transaction checks again.  The shared lock keeps the
             # parent from being removed meanwhile.
             with self._db.read() as c:
-                parents = self._db.check_create(c, key, parent)
+                first = self._db.check_create(c, key, parent, chain=False)
             tmp = tempfile.mkdtemp(prefix="new-", dir=self._snapshots)
             renamed = None
             try:
-                self._populate(tmp, kind, [self._dir(p) for p in parents])
+                self._populate(tmp, kind, self._dir(first[0]) if first else None)
                 with self._db.write() as c:
                     s = self._db.create(c, kind, key, parent, labels)
                     path = self._dir(s.id)

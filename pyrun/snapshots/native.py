@@ -19,10 +19,10 @@ class NativeSnapshotter(LocalSnapshotter):
     """Snapshots as full directory copies under ``root`` (layout in
     :mod:`pyrun.snapshots.local`)."""
 
-    def _populate(self, tmp, kind, parents):
+    def _populate(self, tmp, kind, parent):
         fs = os.path.join(tmp, "fs")
-        if parents:
-            copy_tree(os.path.join(parents[0], "fs"), fs)
+        if parent:
+            copy_tree(os.path.join(parent, "fs"), fs)
         else:
             os.mkdir(fs, 0o755)
 

@@ -41,7 +41,9 @@ def _index_option():
 
 
 def _lower(path):
-    return path.replace("\\", "\\\\").replace(":", "\\:")
+    if ":" in path or "\\" in path:
+        return path.replace("\\", "\\\\").replace(":", "\\:")
+    return path
 
 
 class OverlaySnapshotter(LocalSnapshotter):
@@ -54,12 +56,12 @@ class OverlaySnapshotter(LocalSnapshotter):
             raise InvalidArgument(f"overlayfs snapshotter root {root!r} must not contain ','")
         super().__init__(root)
 
-    def _populate(self, tmp, kind, parents):
+    def _populate(self, tmp, kind, parent):
         fs = os.path.join(tmp, "fs")
         os.mkdir(fs, 0o755)
-        if parents:
+        if parent:
             # The mount's root dir takes its owner and mode from the upper.
-            st = os.stat(os.path.join(parents[0], "fs"))
+            st = os.stat(os.path.join(parent, "fs"))
             os.chown(fs, st.st_uid, st.st_gid)
             os.chmod(fs, st.st_mode & 0o7777)
         if kind is Kind.ACTIVE:
@@ -71,7 +73,7 @@ class OverlaySnapshotter(LocalSnapshotter):
             return [Mount("bind", os.path.join(path, "fs"), options=("rbind", "ro" if ro else "rw"))]
         if ro and len(parents) == 1:
             return [Mount("bind", os.path.join(parents[0], "fs"), options=("rbind", "ro"))]
-        lowers = "lowerdir=" + ":".join(_lower(os.path.join(p, "fs")) for p in parents)
+        lowers = "lowerdir=" + ":".join([_lower(f"{p}/fs") for p in parents])
         if ro:
             return [Mount("overlay", "overlay", options=(lowers,))]
         return [Mount("overlay", "overlay", options=_index_option() + (

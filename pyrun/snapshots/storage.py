@@ -24,7 +24,6 @@ and ``kind``; only committed snapshots are parents, so a parent's key never
 changes.  The database runs in WAL mode; writers take ``BEGIN IMMEDIATE``
 so that concurrent processes queue on sqlite's lock instead of failing.
 """
-import os
 import sqlite3
 import threading
 import time
@@ -151,11 +150,14 @@ class MetaStore:
 
     # Queries; each takes the connection of an open transaction.
 
-    def get(self, c, key):
-        """The :class:`Snapshot` named ``key``; NotFound."""
-        row = c.execute("SELECT id, kind FROM snapshots WHERE key = ?", (key,)).fetchone()
+    def get(self, c, key, chain=True):
+        """The :class:`Snapshot` named ``key``; NotFound.  With ``chain``
+        False, ``parents`` holds only the nearest parent."""
+        row = c.execute("SELECT id, kind, parent FROM snapshots WHERE key = ?", (key,)).fetchone()
         if row is None:
             raise NotFound(f"snapshot {key!r} does not exist")
+        if not chain:
+            return Snapshot(row[0], key, row[1], [row[2]] if row[2] is not None else [])
         parents = [r[0] for r in c.execute(
             "WITH RECURSIVE chain(id, depth) AS ("
             " SELECT parent, 1 FROM snapshots WHERE id = ? AND parent IS NOT NULL"
@@ -168,24 +170,25 @@ class MetaStore:
         if c.execute("SELECT 1 FROM snapshots WHERE key = ?", (key,)).fetchone():
             raise AlreadyExists(f"snapshot {key!r} already exists")
 
-    def check_create(self, c, key, parent):
-        """The parent chain (ids, nearest first) for a new snapshot ``key``
-        on ``parent``.  InvalidArgument for an empty key; AlreadyExists;
-        NotFound for an unknown parent; FailedPrecondition if the parent is
-        not committed."""
+    def check_create(self, c, key, parent, chain=True):
+        """The parent chain (ids, nearest first; only the parent's id if
+        not ``chain``) for a new snapshot ``key`` on ``parent``.
+        InvalidArgument for an empty key; AlreadyExists; NotFound for an
+        unknown parent; FailedPrecondition if the parent is not
+        committed."""
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
         self.check_free(c, key)
         parents = []
         if parent:
             try:
-                p = self.get(c, parent)
+                p = self.get(c, parent, chain)
             except NotFound:
                 raise NotFound(f"parent {parent!r} of snapshot {key!r} does not exist") from None
             if p.kind is not Kind.COMMITTED:
                 raise FailedPrecondition(f"parent {parent!r} of snapshot {key!r} is {p.kind.value}, "
                                          "not committed")
-            parents = [p.id] + p.parents
+            parents = [p.id] + p.parents if chain else [p.id]
         return parents
 
     def create(self, c, kind, key, parent, labels):

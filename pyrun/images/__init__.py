@@ -1,0 +1,1 @@
+"""Images: layer media types, applying layers to snapshots, unpacking."""

@@ -1,0 +1,179 @@
+"""Unpack an image: its layers, applied in order onto snapshots named by
+chain ID (containerd's ``rootfs.ApplyLayers`` and unpacker).
+
+Layer n's snapshot is committed under the name ``chainID(n)`` (OCI image
+spec, config.md "Layer ChainID"), so images that share their first layers
+share those snapshots, and a layer whose chain ID already exists is not
+applied again.  Each layer is applied into a fresh active snapshot that is
+committed only when the whole layer applied and its diffID matched the
+config's ``rootfs.diff_ids``; on any failure the active snapshot is
+removed, so nothing half-applied is ever visible under a chain ID.
+
+Layers are applied one after the other, each streamed from the content
+store through decompression into the snapshot.  Overlapping one layer's
+download or decompression with the previous layer's extraction is a
+possible later optimisation.
+"""
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import replace
+
+from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound
+from pyrun.images.apply import NATIVE, OVERLAY, apply_layer
+from pyrun.mount import mount_all, overlay_dirs, unmount_all
+
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+# Labels containerd's unpacker sets, which GC and later diffs rely on.
+UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
+SNAPSHOT_REF_LABEL = "containerd.io/gc.ref.snapshot."
+# Manifests and configs are read into memory; containerd caps them too.
+MAX_JSON = 4 << 20
+
+
+def chain_ids(diff_ids):
+    """The chain IDs of a layer stack, bottom first: ``chainID(1) =
+    diffID(1)``, ``chainID(n) = sha256(chainID(n-1) + " " + diffID(n))``
+    (OCI image spec, config.md "Layer ChainID")."""
+    out = []
+    for diff_id in diff_ids:
+        if out:
+            diff_id = "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest()
+        out.append(diff_id)
+    return out
+
+
+def read_json(store, desc, what):
+    """Parse the blob of descriptor ``desc`` (a dict with ``digest``) from
+    ``store``.  InvalidArgument for a blob over 4 MiB or that is not JSON;
+    NotFound if the store lacks it."""
+    with store.reader(desc["digest"]) as r:
+        data = r.read(MAX_JSON + 1)
+    if len(data) > MAX_JSON:
+        raise InvalidArgument(f"{what} {desc['digest']} is larger than {MAX_JSON} bytes")
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise InvalidArgument(f"{what} {desc['digest']} is not JSON: {e}") from None
+
+
+def apply_to_mounts(mounts, stream, *, tmp_dir=None, **kw):
+    """Apply the layer ``stream`` to the active snapshot whose mounts are
+    ``mounts`` (containerd's ``diff/apply``), without mounting when it can:
+
+    - one overlay mount with an ``upperdir``: overlay mode on the upper dir,
+      its ``lowerdir`` list as ``lower_dirs``;
+    - one read-write bind mount: native mode on its source;
+    - anything else: mounted in a temporary dir under ``tmp_dir`` and
+      applied in native mode through the mount.
+
+    ``kw`` goes to :func:`~pyrun.images.apply.apply_layer`; returns its
+    :class:`~pyrun.images.apply.AppliedLayer`.
+    """
+    if len(mounts) == 1 and mounts[0].type == "overlay":
+        upper, lowers = overlay_dirs(mounts[0])
+        if upper is not None:
+            return apply_layer(stream, upper, mode=OVERLAY, lower_dirs=lowers, **kw)
+    if len(mounts) == 1 and mounts[0].type == "bind" and not mounts[0].target \
+            and "ro" not in mounts[0].options:
+        return apply_layer(stream, mounts[0].source, mode=NATIVE, **kw)
+    where = tempfile.mkdtemp(prefix="pyrun-apply-", dir=tmp_dir)
+    try:
+        mount_all(mounts, where)
+        try:
+            return apply_layer(stream, where, mode=NATIVE, **kw)
+        finally:
+            unmount_all(where)
+    finally:
+        os.rmdir(where)
+
+
+def unpack(manifest, store, snapshotter, *, snapshotter_name=None, tmp_dir=None):
+    """Unpack the image whose manifest descriptor is ``manifest`` (a dict:
+    ``mediaType``, ``digest``, ``size``) from the content ``store`` into
+    ``snapshotter``.  Returns the top layer's chain ID, the name of the
+    committed snapshot that holds the image's root filesystem.
+
+    ``store`` needs ``reader(digest)`` (and ``info``/``update`` for the
+    labels); ``snapshotter`` needs ``stat``, ``prepare``, ``commit``,
+    ``remove``.  Existing chain IDs are skipped.  Each blob applied gets
+    the label ``containerd.io/uncompressed`` = its diffID; with
+    ``snapshotter_name`` the config gets ``containerd.io/gc.ref.snapshot.
+    <snapshotter_name>`` = the top chain ID, as containerd's unpacker does,
+    so GC keeps the snapshots as long as the image.  Callers that race GC
+    run this under a lease (the store and snapshotter given carry it).
+
+    Raises InvalidArgument for an index (pick a platform's manifest
+    first), a manifest or config that is malformed, a layer count that
+    differs from ``rootfs.diff_ids``, and anything
+    :func:`~pyrun.images.apply.apply_layer` raises for a bad layer (the
+    message names the layer digest); NotFound for a missing blob.
+    """
+    media_type = manifest.get("mediaType")
+    if media_type not in MANIFEST_TYPES:
+        raise InvalidArgument(f"cannot unpack {media_type!r} ({manifest.get('digest')}): "
+                              f"need one of {', '.join(MANIFEST_TYPES)}")
+    body = read_json(store, manifest, "manifest")
+    layers = body.get("layers")
+    config_desc = body.get("config")
+    if not isinstance(layers, list) or not isinstance(config_desc, dict):
+        raise InvalidArgument(f"manifest {manifest['digest']}: no layers or config")
+    config = read_json(store, config_desc, "image config")
+    rootfs = config.get("rootfs") or {}
+    diff_ids = rootfs.get("diff_ids")
+    if rootfs.get("type") != "layers" or not isinstance(diff_ids, list):
+        raise InvalidArgument(f"image config {config_desc['digest']}: rootfs is not "
+                              "{type: layers, diff_ids: [...]}")
+    if len(diff_ids) != len(layers):
+        raise InvalidArgument(f"manifest {manifest['digest']} has {len(layers)} layers but its "
+                              f"config {config_desc['digest']} has {len(diff_ids)} diff_ids")
+    parent = ""
+    for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids)):
+        if not _exists(snapshotter, chain_id):
+            _apply_one(layer, diff_id, chain_id, parent, store, snapshotter, tmp_dir)
+        parent = chain_id
+    if snapshotter_name and parent:
+        _label(store, config_desc["digest"], SNAPSHOT_REF_LABEL + snapshotter_name, parent)
+    return parent
+
+
+def _exists(snapshotter, name):
+    try:
+        snapshotter.stat(name)
+    except NotFound:
+        return False
+    return True
+
+
+def _apply_one(layer, diff_id, chain_id, parent, store, snapshotter, tmp_dir):
+    # containerd names the active snapshot "extract-<unique> <chainID>".
+    key = f"extract-{secrets.token_hex(8)} {chain_id}"
+    mounts = snapshotter.prepare(key, parent)
+    try:
+        with store.reader(layer["digest"]) as r:
+            try:
+                apply_to_mounts(mounts, r, tmp_dir=tmp_dir, media_type=layer.get("mediaType"),
+                                expected_diffid=diff_id)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"layer {layer['digest']}: {e}") from e
+        try:
+            snapshotter.commit(chain_id, key)
+        except AlreadyExists:
+            # Another unpack of an image with this chain committed it first.
+            snapshotter.remove(key)
+    except BaseException:
+        try:
+            snapshotter.remove(key)
+        except NotFound:
+            pass
+        raise
+    _label(store, layer["digest"], UNCOMPRESSED_LABEL, diff_id)
+
+
+def _label(store, digest, key, value):
+    info = store.info(digest)
+    if info.labels.get(key) != value:
+        store.update(replace(info, labels={key: value}), [f"labels.{key}"])

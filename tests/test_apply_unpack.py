@@ -1,0 +1,183 @@
+"""Unpacking images from a content store onto every snapshotter backend,
+with real overlayfs and bind mounts."""
+import gzip
+import hashlib
+import io
+import json
+
+import pytest
+import zstandard
+
+from layer_tars import dir, file, hardlink, opaque, sha256, symlink, tar, tree, whiteout
+from pyrun import linux
+from pyrun.content.store import ContentStore, write_blob
+from pyrun.errdefs import InvalidArgument
+from pyrun.fsutil import remove_tree
+from pyrun.images.apply import apply_layer
+from pyrun.images.unpack import (SNAPSHOT_REF_LABEL, UNCOMPRESSED_LABEL, apply_to_mounts,
+                                 chain_ids, unpack)
+from pyrun.mount import Mount, mount_all, unmount_all
+from pyrun.snapshots import Kind, registry
+
+pytestmark = pytest.mark.root
+
+GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
+ZST = "application/vnd.oci.image.layer.v1.tar+zstd"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+LAYERS = [
+    tar(dir("etc"), file("etc/os-release", b"ID=test\n"), dir("usr"), dir("usr/bin"),
+        file("usr/bin/tool", b"v1", mode=0o755), symlink("bin", "usr/bin"),
+        dir("var"), file("var/a"), file("var/b"), dir("opq"), file("opq/old")),
+    tar(whiteout("var/a"), opaque("opq"), file("opq/new"), hardlink("usr/bin/tool2", "usr/bin/tool"),
+        file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n")),
+    tar(file("app", b"#!/bin/sh\n", mode=0o755), whiteout("etc/os-release")),
+]
+
+
+@pytest.fixture
+def work(tmp_path):
+    try:
+        yield tmp_path
+    finally:
+        unmount_all(str(tmp_path), linux.MNT_DETACH)
+        remove_tree(str(tmp_path))
+
+
+@pytest.fixture(params=sorted(registry.BUILTINS))
+def sn(request, work):
+    s = registry.new(request.param, str(work / "snapshots"))
+    s.backend = request.param
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def put(store, data, media_type):
+    desc = {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
+    write_blob(store, f"test-{desc['digest']}", data, desc)
+    return desc
+
+
+def image(store, layers, diff_ids=None, compress=(gzip.compress, GZ)):
+    fn, media_type = compress
+    descs = [put(store, fn(data), media_type) for data in layers]
+    config = {"architecture": "amd64", "os": "linux",
+              "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha256(d) for d in layers]}}
+    cdesc = put(store, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
+    manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": cdesc, "layers": descs}
+    return put(store, json.dumps(manifest).encode(), MANIFEST)
+
+
+def rootfs_tree(sn, top, where):
+    mounts = sn.view(f"view-{top}", top)
+    where.mkdir()
+    mount_all(mounts, str(where))
+    try:
+        return tree(str(where))
+    finally:
+        unmount_all(str(where))
+        sn.remove(f"view-{top}")
+
+
+def native_tree(work, layers):
+    root = work / "expected"
+    root.mkdir()
+    for data in layers:
+        apply_layer(io.BytesIO(data), str(root), mode="native")
+    return tree(str(root))
+
+
+def committed(sn):
+    out = []
+    sn.walk(lambda info: out.append((info.name, info.kind, info.parent)))
+    return sorted(out)
+
+
+def test_chain_ids():
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    assert chain_ids([a, b]) == [a, "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()]
+    assert chain_ids([]) == []
+
+
+@pytest.mark.parametrize("compress", [(gzip.compress, GZ),
+                                      (zstandard.ZstdCompressor().compress, ZST)])
+def test_unpack_into_snapshots(sn, work, compress):
+    store = ContentStore(str(work / "content"))
+    desc = image(store, LAYERS, compress=compress)
+    top = unpack(desc, store, sn, snapshotter_name=sn.backend)
+    chain = chain_ids([sha256(d) for d in LAYERS])
+    assert top == chain[-1]
+    assert committed(sn) == sorted((c, Kind.COMMITTED, p) for c, p in zip(chain, ["", *chain[:-1]]))
+    assert rootfs_tree(sn, top, work / "view") == native_tree(work, LAYERS)
+
+    manifest = json.loads(store.reader(desc["digest"]).read())
+    for layer, data in zip(manifest["layers"], LAYERS):
+        assert store.info(layer["digest"]).labels[UNCOMPRESSED_LABEL] == sha256(data)
+    assert store.info(manifest["config"]["digest"]).labels == {SNAPSHOT_REF_LABEL + sn.backend: top}
+
+
+def test_shared_layers_are_not_applied_again(sn, work):
+    store = ContentStore(str(work / "content"))
+    unpack(image(store, LAYERS[:2]), store, sn)
+    prepared = []
+    real_prepare = sn.prepare
+    sn.prepare = lambda key, parent="", labels=None: (prepared.append(key),
+                                                       real_prepare(key, parent, labels))[1]
+    top = unpack(image(store, LAYERS), store, sn)
+    assert [k.split(" ")[1] for k in prepared] == [top]
+    assert len(committed(sn)) == 3
+    assert unpack(image(store, LAYERS), store, sn) == top and len(prepared) == 1
+
+
+def test_diffid_mismatch_leaves_nothing(sn, work):
+    store = ContentStore(str(work / "content"))
+    wrong = [sha256(LAYERS[0]), sha256(b"not the second layer"), sha256(LAYERS[2])]
+    desc = image(store, LAYERS, diff_ids=wrong)
+    bad_layer = gzip.compress(LAYERS[1])
+    with pytest.raises(InvalidArgument, match=f"layer {sha256(bad_layer)}: layer diffID mismatch"):
+        unpack(desc, store, sn)
+    # The first layer is committed; no active snapshot is left behind.
+    assert committed(sn) == [(wrong[0], Kind.COMMITTED, "")]
+
+
+def test_hostile_layer_fails_cleanly(sn, work):
+    store = ContentStore(str(work / "content"))
+    evil = tar(symlink("up", "../../../.."), file("up/escaped", b"x"), hardlink("h", "/etc/shadow"))
+    with pytest.raises(InvalidArgument, match="layer sha256:.*'h'.*does not exist"):
+        unpack(image(store, [LAYERS[0], evil]), store, sn)
+    assert [c[0] for c in committed(sn)] == [sha256(LAYERS[0])]
+    assert not (work / "escaped").exists() and not (work.parent / "escaped").exists()
+
+
+def test_bad_manifests(sn, work):
+    store = ContentStore(str(work / "content"))
+    desc = image(store, LAYERS[:1], diff_ids=[sha256(LAYERS[0]), sha256(LAYERS[1])])
+    with pytest.raises(InvalidArgument, match="has 1 layers but its config .* has 2 diff_ids"):
+        unpack(desc, store, sn)
+    index = put(store, b'{"schemaVersion": 2, "manifests": []}',
+                "application/vnd.oci.image.index.v1+json")
+    with pytest.raises(InvalidArgument, match="cannot unpack 'application/vnd.oci.image.index"):
+        unpack(index, store, sn)
+    assert committed(sn) == []
+
+
+def test_apply_through_mounts(work):
+    # Mounts that are neither one overlay nor one bind: applied through a
+    # temporary mount, which is gone afterwards.
+    a, b, tmp = work / "a", work / "b", work / "tmp"
+    for d in (a, b, tmp):
+        d.mkdir()
+    (a / "inner").mkdir()
+    mounts = [Mount("bind", str(a), options=("rbind", "rw")),
+              Mount("bind", str(b), target="inner", options=("rbind", "rw"))]
+    data = tar(file("x", b"1"), file("inner/y", b"2"))
+    res = apply_to_mounts(mounts, io.BytesIO(data), tmp_dir=str(tmp), expected_diffid=sha256(data))
+    assert res.entries == 2
+    assert (a / "x").read_bytes() == b"1" and (b / "y").read_bytes() == b"2"
+    assert list(tmp.iterdir()) == []
+    with pytest.raises(OSError, match="Read-only"):
+        apply_to_mounts([Mount("bind", str(a), options=("rbind", "ro"))], io.BytesIO(data),
+                        tmp_dir=str(tmp))
+    assert list(tmp.iterdir()) == [] and not (a / "inner/y").exists()
