@@ -10,7 +10,6 @@ import sys
 import time
 from dataclasses import replace
 
-
 from pyrun.metadata import DB, check, collect
 from pyrun.snapshots.native import NativeSnapshotter
 
