@@ -10,8 +10,6 @@ import sys
 import time
 from dataclasses import replace
 
-import pytest
-
 from pyrun.metadata import DB, check, collect
 from pyrun.snapshots.native import NativeSnapshotter
 
