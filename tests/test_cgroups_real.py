@@ -330,3 +330,55 @@ def test_v2_bpf_device_filter_denies(parent):
     assert try_open(m, ["/dev/null", "/dev/zero", "/dev/full"]) == {
         "/dev/null": True, "/dev/zero": False, "/dev/full": False}
     m.destroy()
+
+
+# -- the same resources through runc 1.1 ---------------------------------------
+
+RUNC_RESOURCES = {
+    "devices": [DENY_ALL, char(1, 11, access="r"), char(10, 200, allow=False)],
+    "memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 96 << 20, "swappiness": 20},
+    "cpu": {"shares": 512, "quota": 30000, "period": 60000, "cpus": "0", "mems": "0"},
+    "pids": {"limit": 42},
+}
+COMPARED = [("memory", "memory.limit_in_bytes"), ("memory", "memory.memsw.limit_in_bytes"),
+            ("memory", "memory.soft_limit_in_bytes"), ("memory", "memory.swappiness"),
+            ("cpu", "cpu.shares"), ("cpu", "cpu.cfs_quota_us"), ("cpu", "cpu.cfs_period_us"),
+            ("cpuset", "cpuset.cpus"), ("cpuset", "cpuset.mems"), ("pids", "pids.max"),
+            ("devices", "devices.list")]
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/runc") and not os.path.exists("/usr/bin/runc"),
+                    reason="needs runc")
+def test_same_files_as_runc(parent, tmp_path, busybox_rootfs):
+    """runc creates a container with RUNC_RESOURCES in one group, pyrun sets
+    them in another: the kernel shows the same values in both."""
+    import json
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["root"] = {"path": busybox_rootfs, "readonly": True}
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["sleep", "60"]
+    config["linux"]["cgroupsPath"] = f"{parent}/runc"
+    config["linux"]["resources"] = RUNC_RESOURCES
+    (bundle / "config.json").write_text(json.dumps(config))
+    state = tmp_path / "runc-state"
+    runc = ["runc", "--root", str(state)]
+    cid = f"pyrun-test-{uuid.uuid4().hex[:8]}"
+    # runc's init keeps the stdio it is given until `runc start`: no pipes.
+    with open(tmp_path / "runc.log", "wb") as log:
+        subprocess.run(runc + ["create", "--bundle", str(bundle), cid], check=True,
+                       stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        m = new_manager(f"{parent}/pyrun", "pyrun")
+        m.create()
+        m.set(parse_resources(RUNC_RESOURCES).with_devices(devices.default_allowed()))
+        theirs = {(c, f): read(f"{ROOT}/{c}", f"{parent}/runc", f) for c, f in COMPARED}
+        ours = {(c, f): read(f"{ROOT}/{c}", f"{parent}/pyrun", f) for c, f in COMPARED}
+        assert ours == theirs
+        # runc joins the hybrid host's cgroup2 tree too, at the same path.
+        assert os.path.isdir(fs.join(UNIFIED, f"{parent}/runc")) == ("" in m.paths)
+        m.destroy()
+    finally:
+        subprocess.run(runc + ["delete", "--force", cid], check=True)
