@@ -10,7 +10,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -20,6 +19,8 @@ from pyrun.cgroups import fs, new_manager, parse_resources, v2
 from pyrun.cgroups import devices
 from pyrun.cgroups.resources import DeviceRule
 from pyrun.errdefs import FailedPrecondition
+
+from cgroup_helpers import go, remove_test_parent, spawn, new_parent_name, try_open
 
 ROOT = "/sys/fs/cgroup"
 UNIFIED = os.path.join(ROOT, "unified")
@@ -42,34 +43,10 @@ def _hierarchies():
 
 @pytest.fixture
 def parent():
-    """A test-only parent path; afterwards every process left below it is
-    killed and every group below it removed, in every hierarchy."""
-    name = f"/pyrun-test-{uuid.uuid4().hex[:10]}"
+    """A test-only parent group, cleaned up in every hierarchy afterwards."""
+    name = new_parent_name()
     yield name
-    for hroot in _hierarchies():
-        top = fs.join(hroot, name)
-        if not os.path.isdir(top):
-            continue
-        for dirpath, _, _ in os.walk(top):
-            with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                for pid in f.read().split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-        fs.remove_dir(hroot, name, attempts=50)
-
-
-def spawn(code):
-    """A Python child that waits for one byte on stdin, then runs ``code``:
-    move it into a group first, then let it go."""
-    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(1)\n" + code],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def go(proc, timeout=30):
-    out, err = proc.communicate(b"g", timeout=timeout)
-    return proc.returncode, out.decode(), err.decode()
+    remove_test_parent(_hierarchies(), name)
 
 
 def read(root, path, file):
@@ -183,27 +160,6 @@ def test_cpu_and_cpuset_files(parent):
     m.set(parse_resources({"cpu": {"quota": -1}}))
     assert read(f"{ROOT}/cpu", path, "cpu.cfs_quota_us") == "-1"
     m.destroy()
-
-
-OPEN_DEVICES = (
-    "import os, sys\n"
-    "for dev in sys.argv[1:]:\n"
-    "    try:\n"
-    "        os.close(os.open(dev, os.O_RDONLY))\n"
-    "        print(dev, 'opened')\n"
-    "    except PermissionError:\n"
-    "        print(dev, 'denied')\n")
-
-
-def try_open(m, paths):
-    """Open each device from a process in the group: {path: opened?}."""
-    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(1)\n" + OPEN_DEVICES,
-                          *paths], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-    m.apply(p.pid)
-    rc, out, err = go(p)
-    assert rc == 0, err
-    return {line.split()[0]: line.split()[1] == "opened" for line in out.splitlines()}
 
 
 DENY_ALL = {"allow": False, "access": "rwm"}
