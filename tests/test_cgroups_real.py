@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from pyrun import linux
-from pyrun.cgroups import fs, new_manager, parse_resources, v2
+from pyrun.cgroups import fs, new_manager, parse_resources
 from pyrun.cgroups import devices
 from pyrun.cgroups.resources import DeviceRule
 from pyrun.errdefs import FailedPrecondition
