@@ -191,7 +191,7 @@ def test_parse_full():
     ({"devices": [{"allow": True, "access": ""}]}, r"devices\[0\]\.access"),
     ({"devices": [{"access": "r"}]}, r"devices\[0\]\.allow: required"),
     ({"devices": [{"allow": True, "type": "x", "access": "r"}]}, r"devices\[0\]\.type"),
-    ({"pids": {}}, r"pids\.limit: required"),
+    ({"pids": {"limit": 1.5}}, r"pids\.limit: expected an integer"),
     ({"cpu": {"shares": -1}}, r"cpu\.shares: -1 is out of range"),
     ({"cpu": {"cpus": "0-a"}}, r"cpu\.cpus: '0-a' is not a cpuset list"),
     ({"blockIO": {"weight": 5}}, r"blockIO\.weight: 5 is out of range \[10, 1000\]"),
