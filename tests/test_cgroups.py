@@ -400,10 +400,11 @@ def test_v1_devices_transition(fake):
         {"allow": True, "type": "b", "major": 8, "access": "r"},
     ]})
     m.set(rules)
+    # In the spec's order, so that devices.list lists them in that order.
     assert cg.written() == [
         ("devices", "devices.deny", "a *:* rwm"),
-        ("devices", "devices.allow", "c *:* m"),
         ("devices", "devices.allow", "c 1:3 rwm"),
+        ("devices", "devices.allow", "c *:* m"),
         ("devices", "devices.allow", "b 8:* r"),
     ]
     # Setting the same rules again changes nothing.

@@ -186,9 +186,24 @@ def test_devices_v1(parent, rules, defaults, expect):
     if defaults:
         res = res.with_devices(devices.default_allowed())
     m.set(res)
-    if rules[0] is DENY_ALL and not defaults:
-        assert read(f"{ROOT}/devices", m.paths["devices"], "devices.list") == "c 1:3 rwm"
+    listed = read(f"{ROOT}/devices", m.paths["devices"], "devices.list").splitlines()
+    if rules[0] is DENY_ALL:
+        # devices.list follows the spec's order, then the defaults.
+        assert listed[0] == ("c *:* m" if defaults else "c 1:3 rwm")
     assert try_open(m, list(expect)) == expect
+    m.destroy()
+
+
+def test_devices_v1_list_in_spec_order(parent):
+    # What the runtime-tools linux_cgroups_devices program checks.
+    m = new_manager(f"{parent}/order", "order")
+    m.create()
+    spec = [DENY_ALL, char(10, 229), {"allow": True, "type": "b", "major": 8, "minor": 20,
+                                      "access": "rw"},
+            {"allow": True, "type": "b", "major": 10, "minor": 200, "access": "r"}]
+    m.set(parse_resources({"devices": spec}).with_devices(devices.default_allowed()))
+    listed = read(f"{ROOT}/devices", m.paths["devices"], "devices.list").splitlines()
+    assert listed[:4] == ["c 10:229 rwm", "b 8:20 rw", "b 10:200 r", "c *:* m"]
     m.destroy()
 
 
@@ -332,6 +347,9 @@ def test_same_files_as_runc(parent, tmp_path, busybox_rootfs):
         m.set(parse_resources(RUNC_RESOURCES).with_devices(devices.default_allowed()))
         theirs = {(c, f): read(f"{ROOT}/{c}", f"{parent}/runc", f) for c, f in COMPARED}
         ours = {(c, f): read(f"{ROOT}/{c}", f"{parent}/pyrun", f) for c, f in COMPARED}
+        # The same device rules; pyrun keeps the spec's order where runc sorts.
+        key = ("devices", "devices.list")
+        assert sorted(ours.pop(key).splitlines()) == sorted(theirs.pop(key).splitlines())
         assert ours == theirs
         # runc joins the hybrid host's cgroup2 tree too, at the same path.
         assert os.path.isdir(fs.join(UNIFIED, f"{parent}/runc")) == ("" in m.paths)
