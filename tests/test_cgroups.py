@@ -24,7 +24,7 @@ V1_FILES = {
                "memory.soft_limit_in_bytes": "", "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
                "memory.swappiness": "60", "memory.use_hierarchy": "1", "memory.usage_in_bytes": "4096",
                "memory.max_usage_in_bytes": "8192", "memory.failcnt": "0", "memory.stat": "cache 12\nrss 34\n",
-               "cgroup.event_control": ""},
+               "cgroup.event_control": "", "memory.kmem.tcp.limit_in_bytes": ""},
     "cpu": {"cpu.shares": "1024", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "-1",
             "cpu.cfs_burst_us": "0", "cpu.rt_period_us": "1000000", "cpu.rt_runtime_us": "0",
             "cpu.idle": "0", "cpu.stat": "nr_periods 5\nnr_throttled 2\nthrottled_time 700\n"},
@@ -315,12 +315,13 @@ def test_apply_writes_every_hierarchy(fake):
 
 def test_v1_memory(fake):
     cg, m = fake("v1")
-    m.set(Resources(memory=Memory(limit=1 << 20, swap=2 << 20, reservation=4096,
-                                  disable_oom_killer=True, swappiness=0)))
+    m.set(Resources(memory=Memory(limit=1 << 20, swap=2 << 20, reservation=4096, kernel=1 << 20,
+                                  kernel_tcp=8192, disable_oom_killer=True, swappiness=0)))
     assert cg.written() == [
         ("memory", "memory.limit_in_bytes", str(1 << 20)),
         ("memory", "memory.memsw.limit_in_bytes", str(2 << 20)),
         ("memory", "memory.soft_limit_in_bytes", "4096"),
+        ("memory", "memory.kmem.tcp.limit_in_bytes", "8192"),
         ("memory", "memory.oom_control", "1"),
         ("memory", "memory.swappiness", "0"),
     ]
