@@ -24,7 +24,7 @@ V1_FILES = {
                "memory.soft_limit_in_bytes": "", "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
                "memory.swappiness": "60", "memory.use_hierarchy": "1", "memory.usage_in_bytes": "4096",
                "memory.max_usage_in_bytes": "8192", "memory.failcnt": "0", "memory.stat": "cache 12\nrss 34\n",
-               "cgroup.event_control": "", "memory.kmem.tcp.limit_in_bytes": ""},
+               "cgroup.event_control": "", "memory.kmem.tcp.limit_in_bytes": "9223372036854771712"},
     "cpu": {"cpu.shares": "1024", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "-1",
             "cpu.cfs_burst_us": "0", "cpu.rt_period_us": "1000000", "cpu.rt_runtime_us": "0",
             "cpu.idle": "0", "cpu.stat": "nr_periods 5\nnr_throttled 2\nthrottled_time 700\n"},
