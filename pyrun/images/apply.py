@@ -804,10 +804,12 @@ class _Applier:
         try:
             src = tf.extractfile(ti).raw
             # A sparse entry lists its data regions; everything else is a hole.
+            written = 0
             for offset, length in ti.sparse if ti.sparse is not None else [(0, ti.size)]:
                 src.seek(offset)
-                self._copy_region(src, fd, offset, length, ti.name)
-            os.ftruncate(fd, ti.size)
+                written = self._copy_region(src, fd, offset, length, ti.name)
+            if written < ti.size:  # a hole at the end
+                os.ftruncate(fd, ti.size)
             os.fchown(fd, ti.uid, ti.gid)
             os.fchmod(fd, ti.mode & 0o7777)  # after fchown, which clears setuid/setgid
             _set_xattrs(fd, _xattrs(ti), ti.name)  # after fchown, which drops security.capability
@@ -817,14 +819,17 @@ class _Applier:
 
     @staticmethod
     def _copy_region(src, fd, offset, length, name):
-        pos, end = offset, offset + length
+        # Returns the end of the data written: past it, the file is a hole.
+        pos, end, written = offset, offset + length, 0
         while pos < end:
             data = src.read(min(_BLOCK, end - pos))
             if not data:
                 raise InvalidArgument(f"layer entry {name!r}: tar stream ends inside its data")
             if data != _ZEROS[:len(data)]:
                 _pwrite_all(fd, data, pos)
+                written = pos + len(data)
             pos += len(data)
+        return written
 
     def _hardlink(self, ti, parts):
         name, base = ti.name, parts[-1]
