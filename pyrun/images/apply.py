@@ -101,8 +101,9 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     tar, gzip or zstd; it is read once, front to back, and never held in
     memory or on disk.  ``media_type`` (optional) must be an OCI or Docker
     layer type; the compression really used is detected from the magic
-    bytes.  A tar stream with no end-of-archive blocks is accepted (``umoci
-    insert`` writes those); a truncated or corrupt one is not.
+    bytes.  A tar stream that ends right after its last entry's data, with
+    no padding or end-of-archive blocks, is accepted (``umoci insert``
+    writes those); a truncated or corrupt one is not.
 
     ``mode`` says what ``root`` is:
 
@@ -120,6 +121,15 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     layer survive a whiteout or opaque marker that comes after them in the
     tar, as if the marker had been applied first.
 
+    Names are cleaned lexically against "/" (``..`` stops at the root) and
+    resolved inside ``root`` only: in overlay mode that is the upper dir
+    alone, so a symlink that only a lower layer holds is not followed (as
+    containerd's and Docker's overlay appliers do).  A parent that is a
+    dangling symlink is followed inside the root and the missing
+    directories are made there (containerd: ``fs.RootPath`` + MkdirAll).
+    Hard links are made to the link target itself, never through a final
+    symlink.
+
     The tree is written with the header's numeric uid/gid, mode (set after
     chown, which clears setuid/setgid), xattrs (PAX ``SCHILY.xattr.*`` and
     ``LIBARCHIVE.xattr.*``, except ``trusted.overlay.*``/``user.overlay.*``),
@@ -133,9 +143,10 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     Raises InvalidArgument naming the entry and what is wrong for a bad
     layer: a corrupt stream, a diffID mismatch, an unsupported entry type,
     a uid/gid above 2^32-2, a device number beyond the kernel's 12-bit
-    major / 20-bit minor, more than ``max_entries`` entries, a name deeper
-    than ``max_depth`` components, a hard link to a missing target or a
-    directory.  Machine errors (ENOSPC, EIO, ...) stay OSError, with the
+    major / 20-bit minor, more than ``max_entries`` entries, a name or a
+    directory (reached through symlinks) deeper than ``max_depth``
+    components, a PAX or long-name record over 1 MiB, a hard link to a
+    missing target or a directory.  Machine errors (ENOSPC, EIO, ...) stay OSError, with the
     entry named.
 
     A failed apply leaves ``root`` half-written.  Callers apply into a fresh
