@@ -612,9 +612,28 @@ class _Applier:
                 return None
         return None
 
-    def _lower_dir_exists(self, parts):
-        if not parts:
+    def _visible_dir(self, parts):
+        """Whether the merged view of the root over the lower dirs has a
+        directory at ``parts`` (no symlinks followed)."""
+        if self._lookup_dir(parts) is not None:
             return True
+        # Not all of it is in the root: a whiteout, non-directory or opaque
+        # directory on the way hides the lower layers.
+        fd = os.dup(self.root_fd)
+        try:
+            for comp in parts:
+                st = _lstat(comp, fd)
+                if st is None:
+                    break
+                if not stat.S_ISDIR(st.st_mode):
+                    return False
+                sub = os.open(comp, _PATH_DIR | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+                if _is_opaque(fd):
+                    return False
+        finally:
+            os.close(fd)
         found = self._lookup_lower(parts)
         if found is None:
             return False
@@ -693,8 +712,7 @@ class _Applier:
             if st is not None and stat.S_ISDIR(st.st_mode):
                 os.setxattr(_proc(dfd, target), OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
             return
-        if self.lower_fds and self._lookup_dir(dir_parts) is None \
-                and not self._lower_dir_exists(dir_parts):
+        if self.lower_fds and not self._visible_dir(dir_parts):
             return  # nothing below to hide; do not create the directory
         dfd = self._parent(dir_parts, name)
         st = _lstat(target, dfd)
@@ -711,8 +729,7 @@ class _Applier:
                 self._prune_at(dfd, ".", dir_parts)
         elif not dir_parts:
             self._opaque_root()
-        elif self._lookup_dir(dir_parts) is not None or not self.lower_fds \
-                or self._lower_dir_exists(dir_parts):
+        elif not self.lower_fds or self._visible_dir(dir_parts):
             dfd = self._parent(dir_parts, name)
             os.setxattr(_proc(dfd), OVERLAY_OPAQUE_XATTR, b"y")
 
