@@ -10,9 +10,5 @@ setup(
     install_requires=["cffi>=1.15", "requests", "zstandard", "pyroute2"],
     extras_require={"test": ["pytest"]},
     cffi_modules=["native/build.py:ffi"],
-    entry_points={
-        "console_scripts": [
-            "pyrun=pyrun.cli.runc:main",
-        ]
-    },
+    scripts=["bin/pyrun"],
 )

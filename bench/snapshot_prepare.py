@@ -2,8 +2,8 @@
 """How long a snapshotter takes to prepare an active snapshot, and to mount
 and unmount it, on top of a 1-layer and a 50-layer chain.
 
-For overlayfs neither may grow with the chain (no data is copied; the
-50-lower overlay goes through the new mount API).  native copies the
+For overlayfs neither may grow with the chain: no data is copied, and only
+the mount's lower dir list (and the kernel's lookups of it) grows.  native copies the
 parent's tree, so it grows with the data in the chain: the "50 layers,
 same data" row rewrites the same files in every layer, to show that chain
 length alone costs native nothing either.

@@ -17,8 +17,9 @@ with open(os.path.join(HERE, "pyrun.cdef")) as f:
     ffi.cdef(f.read())
 ffi.set_source(
     "pyrun._native",
-    '#include "pyrun.h"',
+    '#include "pyrun.h"\n#include <seccomp.h>',
     sources=SOURCES,
+    libraries=["seccomp"],
     include_dirs=[HERE],
     extra_compile_args=["-O2", "-Wall", "-std=gnu11"],
 )

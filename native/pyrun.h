@@ -9,7 +9,9 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <string.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -60,4 +62,110 @@ int pr_close_range(unsigned int first, unsigned int last, unsigned int flags);
 int pr_pidfd_open(int pid, unsigned int flags);
 int pr_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
 int pr_execve(const char *path, char *const argv[], char *const envp[]);
+/* ---- the container child stage (container.c) ---- */
+
+/* Step kinds; see pyrun/runtime/plan.py for what each one's fields mean. */
+#define PR_OP_SETNS 0
+#define PR_OP_UNSHARE 1
+#define PR_OP_SYNC 2
+#define PR_OP_SETRESID0 3
+#define PR_OP_SETHOSTNAME 4
+#define PR_OP_SETDOMAINNAME 5
+#define PR_OP_MOUNT 6
+#define PR_OP_OPEN_ROOT 7
+#define PR_OP_MKNOD 8
+#define PR_OP_SYMLINK 9
+#define PR_OP_HOOK 10
+#define PR_OP_PIVOT_ROOT 11
+#define PR_OP_MOVE_ROOT 12
+#define PR_OP_MASK 13
+#define PR_OP_READONLY 14
+#define PR_OP_WRITE_FILE 15
+#define PR_OP_CONSOLE 16
+#define PR_OP_SETSID 17
+#define PR_OP_RLIMIT 18
+#define PR_OP_PERSONALITY 19
+#define PR_OP_KEYRING 20
+#define PR_OP_CAPBSET 21
+#define PR_OP_IDENTITY 22
+#define PR_OP_CAPSET 23
+#define PR_OP_CHDIR 24
+#define PR_OP_UMASK 25
+#define PR_OP_NO_NEW_PRIVS 26
+#define PR_OP_PDEATHSIG 27
+#define PR_OP_RESOLVE_EXEC 28
+#define PR_OP_CLOSE_FDS 29
+#define PR_OP_WAIT_START 30
+#define PR_OP_FORK 31
+#define PR_OP_SECCOMP 32
+#define PR_OP_EXEC 33
+
+/* Messages from the child on the sync socket. */
+#define PR_MSG_SYNC 1	/* waiting for the parent (value: what for) */
+#define PR_MSG_ERROR 2	/* step `op` failed with `err`; the child exits */
+#define PR_MSG_READY 3	/* created: blocked on the exec fifo */
+#define PR_MSG_PID 4	/* value: pid of the second stage (the init) */
+#define PR_MSG_TRACE 5	/* trace record: step `op`, result `err`, time `value` ns */
+#define PR_MSG_GO 6	/* parent -> child: carry on */
+
+/* Flags of PR_OP_MOUNT (n1), PR_OP_MKNOD (n1), PR_OP_IDENTITY (n1). */
+#define PR_MNT_BIND_SOURCE 1	/* source is a host path to bind; target kind follows it */
+#define PR_MNT_TARGET_FILE 2	/* create the target as a file */
+#define PR_MNT_HOST_TARGET 4	/* target is a host path, not inside the root */
+#define PR_MKNOD_BIND 1		/* bind the host node instead of mknod (user ns) */
+#define PR_ID_NO_SETGROUPS 1	/* setgroups is denied in this user namespace */
+
+#define PR_MK_NONE 0
+#define PR_MK_DIR 1
+#define PR_MK_FILE 2
+#define PR_PATH_MAX 4096
+
+struct pr_caps {
+	uint64_t bounding, effective, permitted, inheritable, ambient;
+	int last_cap;
+};
+
+struct pr_op {
+	int kind;
+	int fd;
+	uint64_t flags, flags2, flags3;
+	int64_t n1, n2, n3;
+	const char *s1, *s2, *s3, *s4;
+	char *const *argv;
+	char *const *envp;
+	const uint32_t *ids;
+	const struct pr_caps *caps;
+};
+
+struct pr_msg {
+	int32_t type, op, err, pad;
+	int64_t value;
+};
+
+struct pr_plan {
+	int nops;
+	struct pr_op *ops;
+	int sync_fd;
+	int trace_fd;
+	int root_fd;
+	char *state;
+	size_t state_cap;
+	size_t state_len;
+	char *exec_path;
+	char *path_buf;
+	char *path_buf2;
+	char *name_buf;
+	char *link_buf;
+	char *parent_buf;
+};
+
+long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd);
+/* cgroup_bpf.c: cgroup v2 device filters. */
+int pr_bpf_prog_load_cgroup_device(const void *insns, unsigned int insn_cnt,
+				   const char *license, char *log_buf, unsigned int log_size);
+int pr_bpf_prog_attach(int target_fd, int prog_fd, unsigned int attach_type, unsigned int flags);
+int pr_bpf_prog_detach(int target_fd, int prog_fd, unsigned int attach_type);
+int pr_bpf_prog_query(int target_fd, unsigned int attach_type, uint32_t *prog_ids,
+		      uint32_t *prog_cnt);
+int pr_bpf_prog_get_fd_by_id(uint32_t id);
 #endif

@@ -174,6 +174,56 @@ def mount_setattr(path, attr_set=0, attr_clr=0, propagation=0, recursive=False, 
            "mount_setattr", f"{path!r}, set={attr_set:#x}, clr={attr_clr:#x}", path)
 
 
+# bpf(2), for cgroup v2 device filters (native/cgroup_bpf.c).
+BPF_CGROUP_DEVICE = 6     # enum bpf_attach_type
+BPF_F_ALLOW_MULTI = 2
+
+
+def bpf_prog_load_cgroup_device(insns, license):
+    """BPF_PROG_LOAD of a BPF_PROG_TYPE_CGROUP_DEVICE program; ``insns`` is
+    the encoded ``struct bpf_insn`` array.  Returns the program fd.  A
+    rejection raises SyscallError whose detail holds the verifier's log."""
+    log = ffi.new("char[]", 64 * 1024)
+    fd = lib.pr_bpf_prog_load_cgroup_device(insns, len(insns) // 8, license.encode(), log, len(log))
+    if fd < 0:
+        err = ffi.errno
+        text = ffi.string(log).decode(errors="replace").strip()
+        raise SyscallError(err, "bpf", f"BPF_PROG_LOAD cgroup_device, {len(insns) // 8} insns"
+                           + (f"; verifier: {text}" if text else ""))
+    return fd
+
+
+def bpf_prog_attach(target_fd, prog_fd, attach_type, flags=0):
+    """BPF_PROG_ATTACH ``prog_fd`` to the cgroup directory ``target_fd``."""
+    _check(lib.pr_bpf_prog_attach(target_fd, prog_fd, attach_type, flags), "bpf",
+           f"BPF_PROG_ATTACH target_fd={target_fd}, prog_fd={prog_fd}, type={attach_type}, flags={flags}")
+
+
+def bpf_prog_detach(target_fd, prog_fd, attach_type):
+    """BPF_PROG_DETACH ``prog_fd`` from the cgroup directory ``target_fd``."""
+    _check(lib.pr_bpf_prog_detach(target_fd, prog_fd, attach_type), "bpf",
+           f"BPF_PROG_DETACH target_fd={target_fd}, prog_fd={prog_fd}, type={attach_type}")
+
+
+def bpf_prog_query(target_fd, attach_type):
+    """BPF_PROG_QUERY: the ids of the programs attached to the cgroup
+    directory ``target_fd`` (not its ancestors)."""
+    room = 16
+    while True:
+        ids = ffi.new("uint32_t[]", room)
+        cnt = ffi.new("uint32_t *", room)
+        if lib.pr_bpf_prog_query(target_fd, attach_type, ids, cnt) == 0:
+            return list(ids[0:cnt[0]])
+        if ffi.errno != _errno.ENOSPC:
+            raise SyscallError(ffi.errno, "bpf", f"BPF_PROG_QUERY target_fd={target_fd}, type={attach_type}")
+        room = cnt[0]
+
+
+def bpf_prog_get_fd_by_id(prog_id):
+    """BPF_PROG_GET_FD_BY_ID; returns a new fd for the program."""
+    return _check(lib.pr_bpf_prog_get_fd_by_id(prog_id), "bpf", f"BPF_PROG_GET_FD_BY_ID {prog_id}")
+
+
 # The new mount API (fsopen(2), fsconfig(2), fsmount(2), move_mount(2),
 # open_tree(2)); values from <linux/mount.h>.
 FSOPEN_CLOEXEC = 0x1

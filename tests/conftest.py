@@ -69,3 +69,4 @@ def pytest_sessionfinish(session, exitstatus):
     left = _unmount_leftovers(PYTEST_TMP)
     if left:
         print(f"\nWARNING: tests left mounts behind (now detached): {left}")
+from registry_fixtures import *  # noqa: F401,F403  (registry test fixtures)

@@ -135,8 +135,9 @@ def test_diffid_mismatch_leaves_nothing(sn, work):
     store = ContentStore(str(work / "content"))
     wrong = [sha256(LAYERS[0]), sha256(b"not the second layer"), sha256(LAYERS[2])]
     desc = image(store, LAYERS, diff_ids=wrong)
-    bad_layer = gzip.compress(LAYERS[1])
-    with pytest.raises(InvalidArgument, match=f"layer {sha256(bad_layer)}: layer diffID mismatch"):
+    # gzip stamps the time into its header, so the compressed digest is not
+    # stable across a second boundary: check the message shape only.
+    with pytest.raises(InvalidArgument, match=r"layer sha256:[0-9a-f]{64}: layer diffID mismatch"):
         unpack(desc, store, sn)
     # The first layer is committed; no active snapshot is left behind.
     assert committed(sn) == [(wrong[0], Kind.COMMITTED, "")]

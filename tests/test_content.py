@@ -256,3 +256,19 @@ def test_list_statuses_filters(store):
     assert sorted(s.ref for s in store.list_statuses()) == ["one", "two"]
     assert [s.ref for s in store.list_statuses(["ref==two"])] == ["two"]
     assert [s.ref for s in store.list_statuses([f"expected=={DIGEST}"])] == ["two"]
+
+
+def test_resume_after_commit_cut_short_leaves_blob_intact(store):
+    w = store.writer("ref-c")
+    w.write(DATA)
+    w.close()
+    # What a commit killed between linking into blobs/ and removing the
+    # ingest leaves behind: the blob and the ingest data share an inode.
+    os.makedirs(os.path.dirname(store.blob_path(DIGEST)), exist_ok=True)
+    os.link(os.path.join(store._ingest_path("ref-c"), "data"), store.blob_path(DIGEST))
+    with store.writer("ref-c") as w:
+        assert w.status().offset == len(DATA)
+        w.truncate(0)  # a client restarting its download
+        w.write(b"other bytes")
+    with store.reader(DIGEST) as r:
+        assert r.read() == DATA

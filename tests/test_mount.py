@@ -91,7 +91,7 @@ def _long_lowers(where, n=40):
     return lowers
 
 
-def _check_long_overlay(where, legacy, monkeypatch):
+def _check_long_overlay(where, chdir, monkeypatch):
     lowers = _long_lowers(where)
     upper, work, top = (os.path.join(where, n) for n in ("upper", "work", "mnt"))
     for d in (upper, work, top):
@@ -99,7 +99,7 @@ def _check_long_overlay(where, legacy, monkeypatch):
     m = Mount("overlay", "overlay", options=(f"workdir={work}", f"upperdir={upper}",
                                              "lowerdir=" + ":".join(lowers)))
     assert len(",".join(m.options)) > 4096
-    if legacy:
+    if chdir:
         monkeypatch.setattr(mount, "_has_lowerdir_plus", False)
     cwd = os.getcwd()
     mount_all([m], top)
@@ -143,3 +143,11 @@ def test_overlay_error_names_the_lower_dir(where):
         mount_all([Mount("overlay", "overlay", options=("lowerdir=/nonexistent-lower:/tmp",))],
                   where)
     assert "/nonexistent-lower" in str(e.value) and "type='overlay'" in str(e.value)
+
+
+@pytest.mark.root
+def test_overlay_error_names_a_long_lower_dir(where):
+    missing = "/" + "m" * 200 + "/" + "n" * 100  # over fsconfig's string limit: an fd
+    with pytest.raises(OSError) as e:
+        mount_all([Mount("overlay", "overlay", options=(f"lowerdir={missing}:/tmp",))], where)
+    assert e.value.errno == 2 and missing in str(e.value) and "type='overlay'" in str(e.value)

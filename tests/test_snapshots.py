@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 import struct
+import threading
 
 import pytest
 
@@ -419,3 +420,27 @@ def test_mounted_snapshot_dir_is_not_removed(sn, work):
     assert mounts_under(path) == []
     sn.remove("a")
     assert snapshot_dirs(sn) == []
+
+
+def test_threads_share_one_snapshotter(sn):
+    errors = []
+
+    def chain(t):
+        try:
+            parent = ""
+            for i in range(8):
+                sn.prepare(f"t{t}-{i}-active", parent)
+                sn.commit(f"t{t}-{i}", f"t{t}-{i}-active")
+                parent = f"t{t}-{i}"
+        except BaseException as e:  # handed to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=chain, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    found = []
+    sn.walk(found.append, ["kind==committed"])
+    assert len(found) == 32 and snapshot_dirs(sn) == db_ids(sn.root)

@@ -59,7 +59,16 @@ elif mode == "kill-commit":
 elif mode == "kill-remove":
     local.remove_tree = die
     s.remove(arg)
-elif mode == "prepare":
+elif mode == "slow-copy":
+    # A real copy, slowed down so that the test's SIGKILL lands inside it
+    # however loaded the machine is.
+    import time
+    from pyrun.snapshots import copy
+    orig = copy._copy_file
+    def slow(*a):
+        time.sleep(0.002)
+        orig(*a)
+    copy._copy_file = slow
     s.prepare("victim", arg)
 """
 
@@ -71,11 +80,19 @@ def worker(backend, root, mode, arg=""):
 
 
 def consistent(root, backend):
-    """Open the store again, clean up, and check dirs match the db."""
+    """Open the store again, clean up, check that the dirs match the db,
+    and return what cleanup removed."""
     with registry.new(backend, root) as s:
         removed = s.cleanup()
         assert snapshot_dirs(s) == db_ids(root)
-        return s, removed
+        return removed
+
+
+def killed(backend, root, mode, arg):
+    """Run a worker that SIGKILLs itself at the point ``mode`` names."""
+    p = worker(backend, root, mode, arg)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL, err
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -117,9 +134,7 @@ def _base(backend, root, files=1):
 def test_kill_during_prepare(backend, mode, work):
     root = os.path.join(work, "root")
     _base(backend, root)
-    p = worker(backend, root, mode, "base")
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL, err
+    killed(backend, root, mode, "base")
     with registry.new(backend, root) as s:
         with pytest.raises(NotFound):
             s.stat("victim")
@@ -130,21 +145,25 @@ def test_kill_during_prepare(backend, mode, work):
             # The id was never handed out: this prepare got it and replaced
             # the orphan.
             assert snapshot_dirs(s) == db_ids(root)
-    _, removed = consistent(root, backend)
+    removed = consistent(root, backend)
     assert len(removed) == (1 if mode == "kill-populate" else 0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_kill_during_commit(backend, work):
+def killed_on_active(backend, work, mode):
+    """A store with "base" and active "a" on it, and a worker killed
+    while it runs ``mode`` on "a"; returns the root."""
     root = os.path.join(work, "root")
     _base(backend, root)
     with registry.new(backend, root) as s:
         s.prepare("a", "base")
-    p = worker(backend, root, "kill-commit", "a")
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL, err
-    s, removed = consistent(root, backend)
-    assert removed == []
+    killed(backend, root, mode, "a")
+    return root
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_during_commit(backend, work):
+    root = killed_on_active(backend, work, "kill-commit")
+    assert consistent(root, backend) == []
     with registry.new(backend, root) as s:
         assert s.stat("a").kind is Kind.ACTIVE
         s.commit("victim-committed", "a")
@@ -153,22 +172,16 @@ def test_kill_during_commit(backend, work):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kill_during_remove(backend, work):
-    root = os.path.join(work, "root")
-    _base(backend, root)
-    with registry.new(backend, root) as s:
-        s.prepare("a", "base")
-    p = worker(backend, root, "kill-remove", "a")
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL, err
-    _, removed = consistent(root, backend)
+    root = killed_on_active(backend, work, "kill-remove")
+    removed = consistent(root, backend)
     assert len(removed) == 1 and removed[0].endswith("/snapshots/2")
 
 
 def test_kill_in_the_middle_of_a_native_copy(work):
     """A real SIGKILL from outside while the copy runs."""
     root = os.path.join(work, "root")
-    _base("native", root, files=3000)
-    p = worker("native", root, "prepare", "base")
+    _base("native", root, files=1000)
+    p = worker("native", root, "slow-copy", "base")
     snapshots = os.path.join(root, "snapshots")
     deadline = time.monotonic() + 30
     while not any(n.startswith("new-") for n in os.listdir(snapshots)):
@@ -180,5 +193,5 @@ def test_kill_in_the_middle_of_a_native_copy(work):
     with registry.new("native", root) as s:
         with pytest.raises(NotFound):
             s.stat("victim")
-    _, removed = consistent(root, "native")
+    removed = consistent(root, "native")
     assert len(removed) == 1 and "/new-" in removed[0]

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -454,7 +455,17 @@ class Writer:
             _write_status(path, ref, total or saved.total, expected or saved.expected,
                           int(saved.started_at.timestamp() * 1e9))
         self._algorithm = parse_digest(expected)[0] if expected else "sha256"
-        self._fd = os.open(os.path.join(path, "data"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        data = os.path.join(path, "data")
+        self._fd = os.open(data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if os.fstat(self._fd).st_nlink > 1:
+            # A commit linked these bytes into blobs/ and died before it
+            # removed the ingest: writing here would change the blob.
+            # Continue on a private copy instead (we hold the lock).
+            os.close(self._fd)
+            tmp = f"{data}.tmp"
+            shutil.copyfile(data, tmp)
+            os.rename(tmp, data)
+            self._fd = os.open(data, os.O_RDWR | os.O_CLOEXEC)
         self._hash = self._rehash(self._algorithm)
         self._offset = os.lseek(self._fd, 0, os.SEEK_END)
 

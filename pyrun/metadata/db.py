@@ -6,6 +6,7 @@ readers go on meanwhile); a transaction that also changes files on disk
 (content commit, snapshot prepare, GC) holds the write lock while it does,
 so GC never sees a half-made object of another process.
 """
+import fcntl
 import json
 import os
 import re
@@ -55,6 +56,24 @@ def database_path(root):
     return os.path.join(os.path.abspath(root), "metadata.db")
 
 
+@contextmanager
+def metadata_lock(root):
+    """Hold ``<root>/metadata.lock`` exclusively (flock(2)).
+
+    Taken while a DB opens (so that first opens do not race to create and
+    switch the database to WAL), while a snapshot commit runs, and while GC
+    runs (see :mod:`pyrun.metadata.snapshots`).  Always take it before a
+    database transaction, never inside one, or two processes could each
+    hold what the other waits for.
+    """
+    fd = os.open(os.path.join(root, "metadata.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def connect(path):
     """An autocommit SQLite connection with pyrun's pragmas."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
@@ -86,10 +105,11 @@ class DB:
         self.snapshotters = dict(snapshotters or {})
         self._lock = threading.RLock()
         self._depth = 0
-        self.conn = connect(database_path(self.root))
-        self._migrate()
         from pyrun.metadata.snapshots import recover
-        recover(self)
+        with metadata_lock(self.root):
+            self.conn = connect(database_path(self.root))
+            self._migrate()
+            recover(self)
 
     def _migrate(self):
         with self.transaction():

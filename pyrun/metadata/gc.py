@@ -10,11 +10,11 @@ key) on images, containers, content and snapshots, and a snapshot's
 parent.  So index -> manifests -> config and layers -> unpacked snapshots
 stay as long as the image does.
 
-GC first finishes snapshot commits that a dead process left half-done
-(:func:`pyrun.metadata.snapshots.recover`), holding the snapshot commit
-lock throughout, then runs two transactions, each holding the database
-write lock (which every content commit and snapshot change also takes, so
-nothing in flight is seen half-made):
+GC holds the metadata lock throughout (no snapshot commit runs meanwhile),
+first finishes snapshot commits that a dead process left half-done
+(:func:`pyrun.metadata.snapshots.recover`), then runs two transactions,
+each holding the database write lock (which every content commit and
+snapshot change also takes, so nothing in flight is seen half-made):
 
 1. mark, then delete unreachable content and snapshot rows and expired
    leases;
@@ -33,7 +33,8 @@ from datetime import datetime, timezone
 
 from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from pyrun.metadata.leases import EXPIRE_LABEL, parse_expire
-from pyrun.metadata.snapshots import commit_lock, recover
+from pyrun.metadata.db import metadata_lock
+from pyrun.metadata.snapshots import recover
 
 ROOT_LABEL = "containerd.io/gc.root"
 CONTENT_REF = "containerd.io/gc.ref.content"
@@ -144,7 +145,7 @@ def collect(db, ingest_grace=INGEST_GRACE):
     that cannot be removed (e.g. a snapshot still mounted) is listed in
     ``errors`` and retried next time.
     """
-    with commit_lock(db):
+    with metadata_lock(db.root):
         recover(db)
         return _collect(db, ingest_grace)
 

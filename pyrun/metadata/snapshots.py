@@ -17,20 +17,17 @@ gone.  So commit first records its intent durably in the row's
 ``pending`` column, then does the backend commit and the row changes in
 one transaction; :func:`recover` (run when a DB opens, and by GC) looks at
 the backend to finish or forget a commit whose process died.  Commits and
-recovery hold ``<root>/snapshots.lock`` so recovery never races a live
-commit.
+recovery hold :func:`pyrun.metadata.db.metadata_lock`, so recovery never
+races a live commit.
 """
-import fcntl
 import json
-import os
 import secrets
-from contextlib import contextmanager
 from dataclasses import replace
 
 from pyrun import labels as labelsmod
 from pyrun.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pyrun.filters import labels_field, parse as parse_filters
-from pyrun.metadata.db import now_ns, to_time, validate_namespace
+from pyrun.metadata.db import metadata_lock, now_ns, to_time, validate_namespace
 from pyrun.metadata.leases import hold
 
 # Labels with this prefix are also passed to the backend (containerd does
@@ -38,24 +35,13 @@ from pyrun.metadata.leases import hold
 BACKEND_LABEL_PREFIX = "containerd.io/snapshot/"
 
 
-@contextmanager
-def commit_lock(db):
-    """Hold ``<root>/snapshots.lock`` exclusively (see the module docstring).
-    Take it before any database transaction, never inside one."""
-    fd = os.open(os.path.join(db.root, "snapshots.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def recover(db):
     """Finish or forget snapshot commits whose process died (see the module
-    docstring).  Rows of snapshotters not configured in ``db`` are left."""
+    docstring); the caller holds the metadata lock.  Rows of snapshotters
+    not configured in ``db`` are left."""
     if not db.query("SELECT 1 FROM snapshots WHERE pending != '' LIMIT 1"):
         return
-    with commit_lock(db), db.transaction() as c:
+    with db.transaction() as c:
         for row in c.execute("SELECT * FROM snapshots WHERE pending != ''").fetchall():
             backend = db.snapshotters.get(row["snapshotter"])
             if backend is None:
@@ -170,8 +156,11 @@ class NamespacedSnapshotter:
         return f"{self.namespace}/{secrets.token_hex(8)}/{key}"
 
     def _check_free(self, key):
+        # A name that a commit in progress (or cut short) will take counts
+        # as taken, so that its recovery never finds the name in use.
         if self.db.conn.execute("SELECT 1 FROM snapshots WHERE namespace=? AND snapshotter=? AND "
-                                "key=?", (self.namespace, self.name, key)).fetchone():
+                                "(key=? OR (pending != '' AND json_extract(pending, '$.name')=?))",
+                                (self.namespace, self.name, key, key)).fetchone():
             raise AlreadyExists(f"snapshot {key!r}: already exists in namespace {self.namespace} "
                                 f"({self.name})")
 
@@ -192,7 +181,8 @@ class NamespacedSnapshotter:
         self._check_key(name, "snapshot name")
         labels = labelsmod.validate(labels, f"snapshot {name!r}")
         intent = {"name": name, "backend_key": self._new_backend_key(name), "labels": labels}
-        with commit_lock(self.db):
+        with metadata_lock(self.db.root):
+            recover(self.db)  # cut-short commits of dead processes first
             with self.db.transaction() as c:
                 row = self._row(key)
                 self._check_free(name)

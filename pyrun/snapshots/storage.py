@@ -24,7 +24,6 @@ and ``kind``; only committed snapshots are parents, so a parent's key never
 changes.  The database runs in WAL mode; writers take ``BEGIN IMMEDIATE``
 so that concurrent processes queue on sqlite's lock instead of failing.
 """
-import os
 import sqlite3
 import threading
 import time

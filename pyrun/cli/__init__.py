@@ -1,0 +1,1 @@
+"""Command lines: ``pyrun`` (runc-compatible, :mod:`pyrun.cli.runc`)."""

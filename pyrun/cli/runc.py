@@ -1,0 +1,164 @@
+"""``pyrun``: the runc-compatible command line.
+
+Each verb parses its flags, calls one library function, and turns
+exceptions into a message on stderr (and the ``--log`` file, as runc
+writes it) and exit status 1, as runc does.  ``run`` exits with the
+container's status (128+N for a signal).
+"""
+import os
+import sys
+
+from pyrun import __version__
+from pyrun.errdefs import PyrunError
+
+VERSION = f"pyrun version {__version__}\nspec: 1.2.0"
+
+
+class _Log:
+    def __init__(self, path, fmt):
+        self.path = path
+        self.fmt = fmt
+
+    def error(self, msg):
+        if self.path:
+            if self.fmt == "json":
+                from pyrun.jsonio import dumps
+                from pyrun.runtime.state import now_rfc3339
+                line = dumps({"level": "error", "msg": msg, "time": now_rfc3339()})
+            else:
+                line = f"pyrun: {msg}"
+            try:
+                with open(self.path, "a") as f:
+                    f.write(line + "\n")
+            except OSError:
+                pass
+        os.write(2, f"pyrun: {msg}\n".encode())
+
+
+def main(argv=None):
+    from pyrun.cli import runc_flags
+
+    try:
+        args = runc_flags.parse(sys.argv[1:] if argv is None else argv)
+    except PyrunError as e:
+        os.write(2, f"pyrun: {e}\n".encode())
+        return 1
+    if args.version:
+        print(VERSION)
+        return 0
+    if args.help or args.verb is None:
+        sys.stdout.write(runc_flags.usage(args.verb))
+        return 0 if args.help else 1
+    log = _Log(args.log, args.log_format)
+    if args.systemd_cgroup:
+        log.error("--systemd-cgroup: systemd is not running on this host (PID 1 is not systemd)"
+                  if not os.path.isdir("/run/systemd/system") else
+                  "--systemd-cgroup: not supported by pyrun yet")
+        return 1
+    try:
+        return VERBS[args.verb](args) or 0
+    except PyrunError as e:
+        log.error(str(e))
+        return 1
+    except OSError as e:
+        log.error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _store(args):
+    from pyrun.runtime.state import Store
+    return Store(args.root)
+
+
+def cmd_spec(args):
+    from pyrun.errdefs import AlreadyExists
+    from pyrun.oci.default import default_spec
+
+    path = os.path.join(args.bundle, "config.json")
+    if os.path.exists(path):
+        raise AlreadyExists(f"{path} exists; remove it first")
+    import json
+    with open(path, "w") as f:
+        json.dump(default_spec(args.rootless), f, indent="\t")
+        f.write("\n")
+
+
+def _create(args):
+    from pyrun.runtime.create import create
+    return create(_store(args), args.id, args.bundle, console_socket=args.console_socket,
+                  pid_file=args.pid_file, no_pivot=args.no_pivot,
+                  no_new_keyring=args.no_new_keyring, preserve_fds=args.preserve_fds)
+
+
+def cmd_create(args):
+    _create(args)
+
+
+def cmd_run(args):
+    from pyrun.runtime.run import run
+    return run(_store(args), args.id, args.bundle, console_socket=args.console_socket,
+               pid_file=args.pid_file, no_pivot=args.no_pivot,
+               no_new_keyring=args.no_new_keyring, preserve_fds=args.preserve_fds,
+               detach=args.detach, keep=args.keep)
+
+
+def cmd_start(args):
+    from pyrun.runtime.start import start
+    start(_store(args), args.id)
+
+
+def cmd_state(args):
+    import json
+    st = _store(args).load(args.id)
+    print(json.dumps(st.oci(), indent="  "))
+
+
+def cmd_kill(args):
+    from pyrun.runtime.kill import kill, parse_signal
+    kill(_store(args), args.id, parse_signal(args.signal or "SIGTERM"), all=args.all)
+
+
+def cmd_delete(args):
+    from pyrun.errdefs import NotFound
+    from pyrun.runtime.delete import delete
+    try:
+        delete(_store(args), args.id, force=args.force)
+    except NotFound:
+        if not args.force:
+            raise
+
+
+def cmd_list(args):
+    states = _store(args).list()
+    if args.quiet:
+        for st in states:
+            print(st.id)
+    elif args.format == "json":
+        from pyrun.jsonio import dumps
+        print(dumps([st.oci() for st in states]))
+    else:
+        rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
+        for st in states:
+            o = st.oci()
+            rows.append((st.id, str(o["pid"]), o["status"], st.bundle, st.created, st.owner or "root"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def cmd_features(args):
+    import json
+    from pyrun.runtime.features import features
+    print(json.dumps(features(), indent="    "))
+
+
+VERBS = {
+    "spec": cmd_spec, "create": cmd_create, "run": cmd_run, "start": cmd_start,
+    "state": cmd_state, "kill": cmd_kill, "delete": cmd_delete, "list": cmd_list,
+    "features": cmd_features,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""``create``: build the container and leave its init blocked on the exec
+fifo, ready for ``start`` (runtime spec "Lifecycle" steps 1-8; runc's
+``create``).
+
+A failed create undoes everything it did: the init is killed and reaped,
+its state directory removed, and the error names the step that failed.
+"""
+import os
+
+from pyrun.errdefs import InvalidArgument, NotFound
+from pyrun.jsonio import dumps, loads
+from pyrun.oci import spec as ocispec
+from pyrun.oci.validate import validate
+from pyrun.runtime import plan as planner
+from pyrun.runtime.hooks import run_hooks
+from pyrun.runtime.spawn import Child
+from pyrun.runtime.state import State, Status, now_rfc3339, proc_start_time
+
+
+def load_bundle(bundle):
+    """Read ``<bundle>/config.json``: returns (raw dict, Spec).  NotFound
+    for a missing bundle or config, InvalidArgument for a bad one."""
+    bundle = os.path.abspath(bundle)
+    if not os.path.isdir(bundle):
+        raise NotFound(f"bundle {bundle}: no such directory")
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            raw = loads(f.read())
+    except FileNotFoundError:
+        raise NotFound(f"bundle {bundle}: no config.json") from None
+    except ValueError as e:
+        raise InvalidArgument(f"{path}: not valid JSON: {e}") from None
+    try:
+        spec = ocispec.parse(raw)
+        validate(spec)
+    except InvalidArgument as e:
+        raise type(e)(f"{path}: {e}") from None
+    return raw, spec
+
+
+def _write_id_maps(pid, spec):
+    linux = spec.linux
+    for name, maps in (("uid_map", linux.uid_mappings), ("gid_map", linux.gid_mappings)):
+        data = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps)
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(data)
+
+
+def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file=None,
+           no_pivot=False, no_new_keyring=False, preserve_fds=0, cgroup_manager=None):
+    """Create container ``cid`` from the OCI bundle at ``bundle``.
+
+    ``console_socket``: path of a unix socket that receives the pty master
+    (SCM_RIGHTS) when ``process.terminal`` is set; ``console_fd``: an
+    already connected one.  ``preserve_fds``: number of fds after stdio
+    passed on to the container (runc ``--preserve-fds``).  Returns the
+    saved :class:`State` (status created).
+
+    Raises NotFound (bundle), InvalidArgument (config), AlreadyExists (id),
+    StepError (a step of the child stage failed), HookError.
+    """
+    bundle = os.path.abspath(bundle)
+    raw, spec = load_bundle(bundle)
+    rootfs = spec.root.path
+    if not os.path.isabs(rootfs):
+        rootfs = os.path.join(bundle, rootfs)
+    rootfs = os.path.realpath(rootfs)
+    if not os.path.isdir(rootfs):
+        raise NotFound(f"root.path: rootfs {rootfs} is not a directory")
+    if cgroup_manager is None:
+        from pyrun.runtime import cgroup
+        if cgroup.wanted(spec):
+            cgroup_manager = cgroup.manager_for(spec, cid)
+
+    store.reserve(cid)
+    low = 3 + preserve_fds
+    fds = []
+    child = None
+    created_cgroup = False
+    st = State(id=cid, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
+               annotations=dict(spec.annotations), config=raw)
+    try:
+        fifo = store.fifo(cid)
+        os.mkfifo(fifo, 0o622)
+        fifo_fd = planner.high_fd(os.open(fifo, os.O_RDWR | os.O_CLOEXEC), low)
+        fds.append(fifo_fd)
+        if console_socket is not None:
+            import _socket
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            try:
+                s.connect(console_socket)
+            except OSError as e:
+                s.close()
+                raise InvalidArgument(f"--console-socket {console_socket}: {e.strerror}") from None
+            console_fd = planner.high_fd(s.detach(), low)
+            fds.append(console_fd)
+        elif console_fd is not None:
+            console_fd = planner.high_fd(os.dup(console_fd), low)
+            fds.append(console_fd)
+        if cgroup_manager is not None:
+            cgroup_manager.create()
+            created_cgroup = True
+            st.cgroup = cgroup_manager.describe()
+        inp = planner.Inputs(
+            bundle=bundle, rootfs=rootfs, fifo_fd=fifo_fd,
+            console_fd=console_fd if console_fd is not None else -1,
+            preserve_fds=preserve_fds, no_pivot=no_pivot, no_new_keyring=no_new_keyring,
+            container_id=cid, join_cgroup=cgroup_manager is not None,
+            cgroup_paths=cgroup_manager.mount_sources() if cgroup_manager is not None else {},
+        )
+        plan = planner.build(spec, inp)
+        fds.extend(plan.ns_fds.values())
+
+        def on_sync(kind, pid):
+            if kind == planner.SYNC_IDMAP:
+                _write_id_maps(pid, spec)
+            elif kind == planner.SYNC_CGROUP:
+                cgroup_manager.apply(pid)
+            elif kind == planner.SYNC_HOOKS:
+                st.pid = pid
+                state = st.oci()
+                # The init exists and waits: hooks see "created" with its pid
+                # (crun does; the runtime-tools hooks_stdin test wants it).
+                state["status"] = "created"
+                state["pid"] = pid
+                run_hooks("prestart", spec.hooks.prestart, state)
+                run_hooks("createRuntime", spec.hooks.create_runtime, state)
+                return dumps(state).encode()
+            return b""
+
+        child = Child(plan, on_sync, low_fd=low)
+        pid = child.spawn()
+        if cgroup_manager is not None and planner.SYNC_CGROUP not in plan.syncs:
+            cgroup_manager.apply(pid)
+        st.pid = pid
+        st.start_time = proc_start_time(pid) or 0
+        if cgroup_manager is not None:
+            cgroup_manager.set_resources()
+        st.status = Status.CREATED
+        store.save(st)
+        if pid_file:
+            from pyrun.fsutil import atomic_write
+            atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
+        child.close()
+        return st
+    except BaseException:
+        if child is not None:
+            child.kill()
+        if created_cgroup:
+            try:
+                cgroup_manager.destroy()
+            except Exception:
+                pass
+        store.remove(cid)
+        raise
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,53 @@
+"""``delete``: remove a container's resources and run the poststop hooks
+(runtime spec "Lifecycle" steps 12-13; runc's ``delete``)."""
+import os
+import select
+
+from pyrun import linux
+from pyrun.oci import spec as ocispec
+from pyrun.runtime.hooks import run_hooks
+from pyrun.runtime.state import Status, proc_start_time, require
+
+
+def wait_gone(pid, start_time, timeout=10.0):
+    """Wait until ``pid`` (with that start time) has exited; seconds."""
+    try:
+        fd = linux.pidfd_open(pid)
+    except OSError:
+        return True
+    try:
+        if proc_start_time(pid) != start_time:
+            return True
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        return bool(p.poll(timeout * 1000))
+    finally:
+        os.close(fd)
+
+
+def delete(store, cid, force=False, cgroup_manager=None):
+    """Delete container ``cid``.  A created container's init is killed;
+    a running one needs ``force`` (SIGKILL).  Raises NotFound,
+    FailedPrecondition.  poststop hook failures are warnings."""
+    lock = store.lock(cid)
+    try:
+        st = store.load(cid)
+        require(st, "delete", st.status.can_delete(force))
+        if st.status in (Status.CREATED, Status.RUNNING) and st.alive():
+            from pyrun.runtime.kill import signal_container
+            signal_container(st, 9)
+            wait_gone(st.pid, st.start_time)
+        if cgroup_manager is None and st.cgroup:
+            from pyrun.runtime.cgroup import manager_from_state
+            cgroup_manager = manager_from_state(st)
+        if cgroup_manager is not None:
+            cgroup_manager.destroy()
+        hooks = ()
+        if st.config.get("hooks"):
+            hooks = ocispec.parse(st.config).hooks.poststop
+        store.remove(cid)
+        if hooks and st.status != Status.CREATING:
+            st.status = Status.STOPPED
+            run_hooks("poststop", hooks, st.oci(), warn_only=True)
+    finally:
+        os.close(lock)

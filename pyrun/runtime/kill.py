@@ -1,0 +1,82 @@
+"""``kill``: send a signal to a container's init, or to all its processes
+(runtime spec "Operations: kill"; runc's ``kill`` and ``--all``)."""
+import os
+import signal as _signal
+
+from pyrun import linux
+from pyrun.errdefs import InvalidArgument
+from pyrun.runtime.state import proc_start_time, require
+
+
+def parse_signal(s):
+    """``KILL``, ``SIGKILL``, ``9`` -> 9.  Raises InvalidArgument."""
+    s = str(s).strip()
+    if s.isdigit():
+        n = int(s)
+        if 0 < n < 65:
+            return n
+        raise InvalidArgument(f"invalid signal {s!r}")
+    name = s.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(getattr(_signal.Signals, name))
+    except AttributeError:
+        raise InvalidArgument(f"unknown signal {s!r}") from None
+
+
+def signal_container(st, sig):
+    """Signal the init through a pidfd, after checking the pid is still
+    the same process (start time), so a recycled pid is never hit."""
+    try:
+        fd = linux.pidfd_open(st.pid)
+    except OSError:
+        return False
+    try:
+        if proc_start_time(st.pid) != st.start_time:
+            return False
+        linux.pidfd_send_signal(fd, sig)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _same_pidns(pid):
+    """Pids sharing ``pid``'s pid namespace, seen from the host."""
+    try:
+        ns = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return []
+    if ns == os.readlink("/proc/self/ns/pid"):
+        return [pid]
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") == ns:
+                    out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+
+def kill(store, cid, sig=_signal.SIGTERM, all=False, cgroup_manager=None):
+    """Send ``sig`` (number) to container ``cid``.  ``all``: every process
+    of the container (its cgroup, or its pid namespace).  Raises NotFound,
+    FailedPrecondition (not created or running)."""
+    st = store.load(cid)
+    require(st, "kill", st.status.can_kill())
+    if all:
+        if cgroup_manager is None and st.cgroup:
+            from pyrun.runtime.cgroup import manager_from_state
+            cgroup_manager = manager_from_state(st)
+        if cgroup_manager is not None:
+            cgroup_manager.kill_all(sig)
+            return
+        for pid in _same_pidns(st.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return
+    signal_container(st, sig)

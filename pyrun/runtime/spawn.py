@@ -1,0 +1,186 @@
+"""Run a :class:`~pyrun.runtime.plan.Plan`: clone the child stage and talk
+to it over the sync socket until it is created (blocked on the exec fifo).
+
+The child reports failures as (step index, errno); :class:`StepError` names
+the step in words.  Everything here is safe to call from a multi-threaded
+process: after clone only C runs in the child (native/container.c).
+"""
+import errno
+import os
+import _socket
+import struct
+
+from pyrun._native import ffi, lib
+from pyrun.runtime.plan import high_fd
+
+_MSG = struct.Struct("iiiiq")
+_STATE_CAP = 1 << 16
+
+
+class StepError(OSError):
+    """A step of the child stage failed.  ``errno`` is the kernel's;
+    ``step`` describes what was being done (e.g. ``mount proc on /proc``)."""
+
+    def __init__(self, err, step, phase=""):
+        self.step = step
+        self.phase = phase
+        super().__init__(err, f"{step}: {os.strerror(err)}")
+
+    def __str__(self):
+        return self.strerror
+
+
+class _Keep:
+    """Holds the cffi objects the plan's pointers refer to."""
+
+    def __init__(self):
+        self.refs = []
+
+    def str(self, s):
+        if s is None:
+            return ffi.NULL
+        b = ffi.new("char[]", s if isinstance(s, bytes) else os.fsencode(s))
+        self.refs.append(b)
+        return b
+
+    def strv(self, items):
+        if items is None:
+            return ffi.NULL
+        cs = [self.str(x) for x in items]
+        arr = ffi.new("char *[]", cs + [ffi.NULL])
+        self.refs.append(arr)
+        return arr
+
+
+def _build(plan, sync_fd, trace_fd):
+    keep = _Keep()
+    ops = ffi.new("struct pr_op[]", len(plan.ops))
+    keep.refs.append(ops)
+    for c, op in zip(ops, plan.ops):
+        c.kind = op.kind
+        c.fd = op.fd
+        c.flags = op.flags
+        c.flags2 = op.flags2
+        c.flags3 = op.flags3
+        c.n1 = op.n1
+        c.n2 = op.n2
+        c.n3 = op.n3
+        c.s1 = keep.str(op.s1)
+        c.s2 = keep.str(op.s2)
+        c.s3 = keep.str(op.s3)
+        c.s4 = keep.str(op.s4)
+        c.argv = keep.strv(op.argv)
+        c.envp = keep.strv(op.envp)
+        if op.ids is not None:
+            ids = ffi.new("uint32_t[]", op.ids or [0])
+            keep.refs.append(ids)
+            c.ids = ids
+        if op.caps is not None:
+            caps = ffi.new("struct pr_caps *", op.caps)
+            keep.refs.append(caps)
+            c.caps = caps
+    p = ffi.new("struct pr_plan *")
+    keep.refs.append(p)
+    p.nops = len(plan.ops)
+    p.ops = ops
+    p.sync_fd = sync_fd
+    p.trace_fd = trace_fd
+    p.root_fd = -1
+    bufs = {name: ffi.new("char[]", size) for name, size in
+            (("state", _STATE_CAP), ("exec_path", 4096), ("path_buf", 4096),
+             ("path_buf2", 4096), ("name_buf", 4096), ("link_buf", 4096),
+             ("parent_buf", 4096))}
+    keep.refs.extend(bufs.values())
+    p.state = bufs["state"]
+    p.state_cap = _STATE_CAP
+    p.exec_path = bufs["exec_path"]
+    p.path_buf = bufs["path_buf"]
+    p.path_buf2 = bufs["path_buf2"]
+    p.name_buf = bufs["name_buf"]
+    p.link_buf = bufs["link_buf"]
+    p.parent_buf = bufs["parent_buf"]
+    return p, keep
+
+
+class Child:
+    """The cloned child stage, from the parent's side."""
+
+    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1):
+        self.plan = plan
+        self.on_sync = on_sync
+        self.pid = None
+        self.pidfd = -1
+        self._stage1 = None
+        parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        self.sock = parent
+        self._child_fd = high_fd(child.detach(), low_fd)
+        os.set_inheritable(self._child_fd, False)
+        self._cplan, self._keep = _build(plan, self._child_fd, trace_fd)
+
+    def spawn(self):
+        """Clone the child and drive it to READY.  Returns the init pid.
+        Raises StepError (after reaping the child) if a step fails."""
+        pidfd = ffi.new("int *", -1)
+        pid = lib.pr_spawn(self._cplan, self.plan.clone_flags, pidfd)
+        os.close(self._child_fd)
+        if pid < 0:
+            err = ffi.errno
+            raise StepError(err, f"clone {self.plan.clone_flags:#x}", "namespaces")
+        self.pid = pid
+        self.pidfd = pidfd[0]
+        try:
+            self._converse()
+        except BaseException:
+            self.kill()
+            raise
+        return self.pid
+
+    def _converse(self):
+        while True:
+            data = self.sock.recv(_MSG.size)
+            if not data:
+                status = self._reap_any()
+                raise StepError(errno.EPIPE,
+                                f"the container init exited during create (status {status})")
+            kind, op, err, _, value = _MSG.unpack(data)
+            if kind == lib.PR_MSG_SYNC:
+                payload = self.on_sync(value, self.pid) or b""
+                self.sock.send(_MSG.pack(lib.PR_MSG_GO, 0, 0, 0, len(payload)) + payload)
+            elif kind == lib.PR_MSG_PID:
+                # Second stage: the first one reported the init and exits.
+                first = self.pid
+                os.waitpid(first, 0)
+                os.close(self.pidfd)
+                self.pid = value
+                self.pidfd = os.pidfd_open(value)
+            elif kind == lib.PR_MSG_ERROR:
+                self._reap_any()
+                step = self.plan.ops[op] if op < len(self.plan.ops) else None
+                raise StepError(err, step.what if step else "the child stage",
+                                step.phase if step else "")
+            elif kind == lib.PR_MSG_READY:
+                return
+
+    def _reap_any(self):
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            return status
+        except ChildProcessError:
+            return None
+
+    def kill(self):
+        """Kill and reap the child (a failed create must leave no process)."""
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+        self._reap_any()
+        self.close()
+
+    def close(self):
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.sock.close()

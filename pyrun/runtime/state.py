@@ -1,0 +1,211 @@
+"""Container state: the status machine and its atomic, minimal record.
+
+A container's record lives in ``<root>/<id>/state.json`` (runc keeps its
+own in ``/run/runc/<id>/state.json``), next to the ``exec.fifo`` that a
+created container's init blocks on.  The status is refreshed from the
+kernel on every load: a dead init (or a recycled pid, told apart by its
+start time) means *stopped*.
+
+Statuses and what they allow (runtime spec "Lifecycle"; runc semantics):
+
+=========  =====  ====  ======
+status     start  kill  delete
+=========  =====  ====  ======
+creating   no     no    yes
+created    yes    yes   yes (kills the init)
+running    no     yes   --force
+stopped    no     no    yes
+=========  =====  ====  ======
+"""
+import errno
+import fcntl
+import os
+import time
+
+from pyrun.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pyrun.fsutil import atomic_write
+from pyrun.jsonio import dumps, loads
+from pyrun.record import Record
+
+OCI_VERSION = "1.2.0"
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+.-")
+
+
+class Status(str):
+    """A container status (runtime spec "State": ``status``)."""
+
+    def can_start(self):
+        return self == Status.CREATED
+
+    def can_kill(self):
+        return self in (Status.CREATED, Status.RUNNING)
+
+    def can_delete(self, force=False):
+        return force or self in (Status.CREATING, Status.CREATED, Status.STOPPED)
+
+    @property
+    def value(self):
+        return str(self)
+
+
+Status.CREATING = Status("creating")
+Status.CREATED = Status("created")
+Status.RUNNING = Status("running")
+Status.STOPPED = Status("stopped")
+
+
+def check_id(cid):
+    """Container ids as runc accepts them: letters, digits, ``_+.-``, not
+    ``.`` or ``..``.  Raises InvalidArgument."""
+    if not cid or not _ID_CHARS.issuperset(cid) or cid in (".", "..") or len(cid) > 1024:
+        raise InvalidArgument(f"invalid container id {cid!r}: use letters, digits and _+.- only")
+
+
+def proc_start_time(pid):
+    """Start time of ``pid`` in clock ticks since boot (field 22 of
+    /proc/pid/stat), or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):
+        return None
+    return int(rest[19])
+
+
+class State(Record):
+    """What later commands need to know about a container: ``start_time``
+    in clock ticks since boot (tells a recycled pid apart), ``created`` in
+    RFC 3339 UTC, ``config`` the raw config.json (for poststop hooks),
+    ``cgroup`` what the cgroup manager needs to find its groups again."""
+    __slots__ = ("id", "bundle", "rootfs", "pid", "start_time", "status", "created",
+                 "annotations", "config", "cgroup", "owner")
+    _defaults = {"pid": 0, "start_time": 0, "status": Status.CREATING, "created": "",
+                 "annotations": dict, "config": dict, "cgroup": dict, "owner": ""}
+
+    def alive(self):
+        return bool(self.pid) and proc_start_time(self.pid) == self.start_time
+
+    def oci(self):
+        """The runtime-spec state object (runtime.md "State"), with the
+        fields runc's ``state`` adds (rootfs, created, owner)."""
+        out = {
+            "ociVersion": OCI_VERSION,
+            "id": self.id,
+            "pid": self.pid if self.status in (Status.CREATED, Status.RUNNING) else 0,
+            "status": str(self.status),
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "owner": self.owner,
+        }
+        if self.annotations:
+            out["annotations"] = self.annotations
+        return out
+
+
+def now_rfc3339():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+class Store:
+    """The state directory of all containers under ``root`` (runc's
+    ``--root``, default /run/pyrun)."""
+
+    def __init__(self, root="/run/pyrun"):
+        self.root = os.path.abspath(root)
+
+    def dir(self, cid):
+        return os.path.join(self.root, cid)
+
+    def fifo(self, cid):
+        return os.path.join(self.root, cid, "exec.fifo")
+
+    def reserve(self, cid):
+        """Create the container's directory; AlreadyExists if the id is
+        taken."""
+        check_id(cid)
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        try:
+            os.mkdir(self.dir(cid), 0o711)
+        except FileExistsError:
+            raise AlreadyExists(f"container {cid!r} already exists") from None
+
+    def lock(self, cid):
+        """An exclusive flock on the container's directory (held until
+        the returned fd is closed)."""
+        try:
+            fd = os.open(self.dir(cid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"container {cid!r} does not exist") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def save(self, st):
+        data = st.asdict()
+        data["status"] = str(st.status)
+        atomic_write(os.path.join(self.dir(st.id), "state.json"), dumps(data).encode())
+
+    def load(self, cid):
+        """Load and refresh a container's state.  NotFound if unknown."""
+        check_id(cid)
+        try:
+            with open(os.path.join(self.dir(cid), "state.json"), "rb") as f:
+                data = loads(f.read())
+        except FileNotFoundError:
+            if os.path.isdir(self.dir(cid)):
+                # Reserved but never saved: a create that is under way or died.
+                return State(id=cid, bundle="", rootfs="", status=Status.CREATING)
+            raise NotFound(f"container {cid!r} does not exist") from None
+        data["status"] = Status(data["status"])
+        st = State(**data)
+        self.refresh(st)
+        return st
+
+    def refresh(self, st):
+        if st.status in (Status.CREATED, Status.RUNNING):
+            if not st.alive():
+                st.status = Status.STOPPED
+            elif st.status == Status.CREATED and not os.path.exists(self.fifo(st.id)):
+                st.status = Status.RUNNING
+        return st
+
+    def list(self):
+        """All containers' states, sorted by id."""
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            try:
+                out.append(self.load(name))
+            except (NotFound, InvalidArgument, ValueError):
+                continue
+        return out
+
+    def remove(self, cid):
+        """Remove the container's directory (state.json, exec.fifo)."""
+        d = self.dir(cid)
+        for name in ("exec.fifo", "state.json"):
+            try:
+                os.unlink(os.path.join(d, name))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+            from pyrun.fsutil import remove_tree
+            remove_tree(d)
+
+
+def require(st, verb, ok):
+    if not ok:
+        raise FailedPrecondition(f"cannot {verb} container {st.id!r}: it is {st.status}")
