@@ -4,6 +4,10 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import shutil
+import stat
+import subprocess
 
 import pytest
 import zstandard
@@ -17,6 +21,7 @@ from pyrun.images.apply import apply_layer
 from pyrun.images.unpack import (SNAPSHOT_REF_LABEL, UNCOMPRESSED_LABEL, apply_to_mounts,
                                  chain_ids, unpack)
 from pyrun.mount import Mount, mount_all, unmount_all
+from pyrun.registry.manifest import Descriptor
 from pyrun.snapshots import Kind, registry
 
 pytestmark = pytest.mark.root
@@ -71,7 +76,7 @@ def image(store, layers, diff_ids=None, compress=(gz, GZ)):
               "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha256(d) for d in layers]}}
     cdesc = put(store, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
     manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": cdesc, "layers": descs}
-    return put(store, json.dumps(manifest).encode(), MANIFEST)
+    return Descriptor.from_dict(put(store, json.dumps(manifest).encode(), MANIFEST))
 
 
 def rootfs_tree(sn, top, where):
@@ -116,7 +121,7 @@ def test_unpack_into_snapshots(sn, work, compress):
     assert committed(sn) == sorted((c, Kind.COMMITTED, p) for c, p in zip(chain, ["", *chain[:-1]]))
     assert rootfs_tree(sn, top, work / "view") == native_tree(work, LAYERS)
 
-    manifest = json.loads(store.reader(desc["digest"]).read())
+    manifest = json.loads(store.reader(desc.digest).read())
     for layer, data in zip(manifest["layers"], LAYERS):
         assert store.info(layer["digest"]).labels[UNCOMPRESSED_LABEL] == sha256(data)
     assert store.info(manifest["config"]["digest"]).labels == {SNAPSHOT_REF_LABEL + sn.backend: top}
@@ -161,8 +166,14 @@ def test_bad_manifests(sn, work):
         unpack(desc, store, sn)
     index = put(store, b'{"schemaVersion": 2, "manifests": []}',
                 "application/vnd.oci.image.index.v1+json")
-    with pytest.raises(InvalidArgument, match="cannot unpack 'application/vnd.oci.image.index"):
-        unpack(index, store, sn)
+    with pytest.raises(InvalidArgument, match="cannot unpack manifest sha256:.*: it is an index"):
+        unpack(Descriptor.from_dict(index), store, sn)
+    config = put(store, b'{"rootfs": {"type": "layers", "diff_ids": "no"}}',
+                 "application/vnd.oci.image.config.v1+json")
+    manifest = put(store, json.dumps({"schemaVersion": 2, "mediaType": MANIFEST, "config": config,
+                                      "layers": []}).encode(), MANIFEST)
+    with pytest.raises(InvalidArgument, match="rootfs is not"):
+        unpack(Descriptor.from_dict(manifest), store, sn)
     assert committed(sn) == []
 
 
@@ -184,3 +195,51 @@ def test_apply_through_mounts(work):
         apply_to_mounts([Mount("bind", str(a), options=("rbind", "ro"))], io.BytesIO(data),
                         tmp_dir=str(tmp))
     assert list(tmp.iterdir()) == [] and not (a / "inner/y").exists()
+
+
+@pytest.mark.skipif(not shutil.which("umoci"), reason="umoci not installed")
+def test_unpack_matches_umoci(sn, work):
+    # A peer builds the image (umoci repack writes whiteouts for what a
+    # layer deleted) and unpacks it; our snapshot must hold the same tree.
+    layout = work / "layout"
+
+    def umoci(*args):
+        subprocess.run(["umoci", *map(str, args)], check=True, capture_output=True)
+
+    umoci("init", "--layout", layout)
+    umoci("new", "--image", f"{layout}:t")
+    umoci("unpack", "--image", f"{layout}:t", work / "b1")
+    r = work / "b1/rootfs"
+    for d in ("bin", "etc/sub", "opq/d"):
+        (r / d).mkdir(parents=True)
+    (r / "bin/tool").write_bytes(b"tool")
+    os.chmod(r / "bin/tool", 0o4755)
+    os.symlink("tool", r / "bin/sh")
+    (r / "etc/a").write_bytes(b"a")
+    os.link(r / "etc/a", r / "etc/a2")
+    os.setxattr(r / "etc/a", "user.k", b"v")
+    (r / "etc/sub/x").write_bytes(b"x")
+    (r / "opq/old").write_bytes(b"o")
+    (r / "opq/d/old2").write_bytes(b"o")
+    os.mkfifo(r / "fifo")
+    os.mknod(r / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chown(r / "etc/sub/x", 1000, 1000)
+    umoci("repack", "--image", f"{layout}:t", work / "b1")
+    umoci("unpack", "--image", f"{layout}:t", work / "b2")
+    r = work / "b2/rootfs"
+    os.unlink(r / "etc/a")
+    remove_tree(str(r / "etc/sub"))
+    remove_tree(str(r / "opq"))
+    (r / "opq").mkdir()
+    (r / "opq/new").write_bytes(b"n")
+    (r / "newfile").write_bytes(b"new")
+    umoci("repack", "--image", f"{layout}:t", work / "b2")
+    umoci("unpack", "--image", f"{layout}:t", work / "ref")
+
+    store = ContentStore(str(layout))  # an OCI layout has the store's blob layout
+    index = json.loads((layout / "index.json").read_bytes())
+    top = unpack(Descriptor.from_dict(index["manifests"][0]), store, sn)
+    want = tree(str(work / "ref/rootfs"))
+    assert {"etc/a2", "opq/new", "newfile", "null", "fifo"} <= set(want)
+    assert not {"etc/a", "etc/sub", "opq/old", "opq/d"} & set(want)
+    assert rootfs_tree(sn, top, work / "view") == want
