@@ -21,8 +21,10 @@ from pyrun.images.apply import apply_layer
 from pyrun.images.unpack import (SNAPSHOT_REF_LABEL, UNCOMPRESSED_LABEL, apply_to_mounts,
                                  chain_ids, unpack)
 from pyrun.mount import Mount, mount_all, unmount_all
+from pyrun.registry import Client, Hosts, pull, push
 from pyrun.registry.manifest import Descriptor
-from pyrun.snapshots import Kind, registry
+from pyrun.snapshots import Kind
+from pyrun.snapshots import registry as snapshotters
 
 pytestmark = pytest.mark.root
 
@@ -49,9 +51,9 @@ def work(tmp_path):
         remove_tree(str(tmp_path))
 
 
-@pytest.fixture(params=sorted(registry.BUILTINS))
+@pytest.fixture(params=sorted(snapshotters.BUILTINS))
 def sn(request, work):
-    s = registry.new(request.param, str(work / "snapshots"))
+    s = snapshotters.new(request.param, str(work / "snapshots"))
     s.backend = request.param
     try:
         yield s
@@ -243,3 +245,18 @@ def test_unpack_matches_umoci(sn, work):
     assert {"etc/a2", "opq/new", "newfile", "null", "fifo"} <= set(want)
     assert not {"etc/a", "etc/sub", "opq/old", "opq/d"} & set(want)
     assert rootfs_tree(sn, top, work / "view") == want
+
+
+def test_pull_then_unpack(registry, work):
+    # The whole path: push to a real docker-registry, pull into a fresh
+    # store, unpack what pull returned.
+    client = Client(hosts=Hosts.plain_http(registry.host))
+    src = ContentStore(str(work / "src"))
+    ref = f"{registry.host}/pyrun-test/unpack:1"
+    push(ref, src, image(src, LAYERS, compress=(zstandard.ZstdCompressor().compress, ZST)),
+         client=client)
+    store = ContentStore(str(work / "content"))
+    _, _, manifests = pull(ref, store, client=client)
+    with snapshotters.new("overlayfs", str(work / "snapshots")) as sn:
+        top = unpack(manifests[0], store, sn)
+        assert rootfs_tree(sn, top, work / "view") == native_tree(work, LAYERS)
