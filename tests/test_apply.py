@@ -348,6 +348,8 @@ LAYERS = [
         dir("opq"), file("opq/x"), dir("opq/sub"), file("opq/sub/z"),
         dir("data", mode=0o700, uid=1000), file("data/old"),
         dir("gone"), file("gone/inside"),
+        dir("d2f"), file("d2f/inside"), file("f2d", b"file"),
+        file("caf\udce9", b"latin-1 name"),
         node("dev/null", tarfile.CHRTYPE, 1, 3, mode=0o666), node("pipe", tarfile.FIFOTYPE),
         file("f", b"f", pax={"SCHILY.xattr.user.k": "v"}),
     ),
@@ -360,6 +362,7 @@ LAYERS = [
         file("var/lib/c", b"c"),                          # parent only in the lower layer
         file("newdir/deep/file", b"deep"),
         file("tmpfile", b"t"), whiteout("tmpfile"),       # own entry survives its whiteout
+        file("d2f", b"now a file"), dir("f2d"), file("f2d/x"),  # file over dir, dir over file
     ),
     tar(
         dir("gone", mode=0o711), file("gone/back", b"back"),
@@ -409,6 +412,8 @@ def test_overlay_stack_matches_native(tmp_path):
     assert os.listdir(native / "var") == ["new"]
     assert os.listdir(native / "bin") == ["sh"] and not os.path.islink(native / "bin")
     assert (native / "tmpfile").read_bytes() == b"t"
+    assert (native / "d2f").read_bytes() == b"now a file" and os.listdir(native / "f2d") == ["x"]
+    assert os.listdir(os.fsencode(native)).count(b"caf\xe9") == 1
     assert os.lstat(native / "usr/bin/tool3").st_ino == os.lstat(native / "usr/bin/tool2").st_ino
     assert (native / "usr/bin/tool3").read_bytes() == b"tool-v1"
     assert (native / "usr/bin/tool").read_bytes() == b"tool-v3"

@@ -18,6 +18,7 @@ from pyrun.content.store import ContentStore, write_blob
 from pyrun.errdefs import InvalidArgument
 from pyrun.fsutil import remove_tree
 from pyrun.images.apply import apply_layer
+from pyrun.metadata import DB, Image, collect
 from pyrun.images.unpack import (SNAPSHOT_REF_LABEL, UNCOMPRESSED_LABEL, apply_to_mounts,
                                  chain_ids, unpack)
 from pyrun.mount import Mount, mount_all, unmount_all
@@ -142,6 +143,23 @@ def test_shared_layers_are_not_applied_again(sn, work):
     assert unpack(image(store, LAYERS), store, sn) == top and len(prepared) == 1
 
 
+def test_another_unpack_commits_the_same_layer_first(sn, work):
+    store = ContentStore(str(work / "content"))
+    chain = sha256(LAYERS[0])
+    real_prepare = sn.prepare
+
+    def racing_prepare(key, parent="", labels=None):
+        # Between our stat and our commit, someone else commits the chain.
+        real_prepare("other", parent)
+        sn.commit(chain, "other")
+        sn.prepare = real_prepare
+        return real_prepare(key, parent, labels)
+
+    sn.prepare = racing_prepare
+    assert unpack(image(store, LAYERS[:1]), store, sn) == chain
+    assert committed(sn) == [(chain, Kind.COMMITTED, "")]  # ours is gone
+
+
 def test_diffid_mismatch_leaves_nothing(sn, work):
     store = ContentStore(str(work / "content"))
     wrong = [sha256(LAYERS[0]), sha256(b"not the second layer"), sha256(LAYERS[2])]
@@ -247,16 +265,28 @@ def test_unpack_matches_umoci(sn, work):
     assert rootfs_tree(sn, top, work / "view") == want
 
 
-def test_pull_then_unpack(registry, work):
-    # The whole path: push to a real docker-registry, pull into a fresh
-    # store, unpack what pull returned.
+def test_pull_unpack_and_gc(registry, work):
+    # The whole path through the metadata layer: push to a real
+    # docker-registry, pull into a tenant's store, unpack, and check that
+    # GC keeps the snapshots exactly as long as the image (the labels).
     client = Client(hosts=Hosts.plain_http(registry.host))
     src = ContentStore(str(work / "src"))
     ref = f"{registry.host}/pyrun-test/unpack:1"
     push(ref, src, image(src, LAYERS, compress=(zstandard.ZstdCompressor().compress, ZST)),
          client=client)
-    store = ContentStore(str(work / "content"))
-    _, _, manifests = pull(ref, store, client=client)
-    with snapshotters.new("overlayfs", str(work / "snapshots")) as sn:
-        top = unpack(manifests[0], store, sn)
+    backend = snapshotters.new("overlayfs", str(work / "snapshots"))
+    db = DB(str(work / "meta"), snapshotters={"overlayfs": backend})
+    try:
+        store, sn = db.content_store("ns"), db.snapshotter("ns", "overlayfs")
+        _, root, manifests = pull(ref, store, client=client)
+        top = unpack(manifests[0], store, sn, snapshotter_name="overlayfs")
         assert rootfs_tree(sn, top, work / "view") == native_tree(work, LAYERS)
+        db.images("ns").create(Image("img:1", root.to_dict()))
+        collect(db)
+        assert [c[0] for c in committed(sn)] == sorted(chain_ids([sha256(d) for d in LAYERS]))
+        db.images("ns").delete("img:1")
+        collect(db)
+        assert committed(sn) == [] and committed(backend) == []
+    finally:
+        db.close()
+        backend.close()
