@@ -64,11 +64,12 @@ def test_entry_types_and_metadata(tmp_path, mode):
         node("dev/null", tarfile.CHRTYPE, 1, 3, mode=0o666),
         node("dev/loop0", tarfile.BLKTYPE, 7, 0, mode=0o660, gid=6),
         node("run/fifo", tarfile.FIFOTYPE, mode=0o620),
-        file("empty"),
+        file("empty", pax={"LIBARCHIVE.xattr.user.lib%2Ename": "dmFsdWU="}),
     )
     res = apply(root, data, mode=mode)
     assert res.diffid == sha256(data) and res.size_uncompressed == len(data)
     assert res.entries == 11 and res.compression == "none"
+    assert os.getxattr(root / "empty", "user.lib.name") == b"value"
 
     st = os.lstat(root / "etc")
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, 3, 4)
