@@ -356,7 +356,7 @@ LAYERS = [
     ),
     tar(
         whiteout("etc/group"), whiteout("gone"),
-        file("opq/new", b"n"), opaque("opq"),
+        file("opq/new", b"n"), hardlink("opq_link", "opq/x"), opaque("opq"),
         opaque("data"), file("data/fresh", b"fresh", uid=1000),
         hardlink("usr/bin/tool3", "usr/bin/tool"),       # target in a lower layer
         file("etc/passwd", b"root:x:0:0\nuser:x:1000:1000\n"),

@@ -711,6 +711,7 @@ class _Applier:
             st = _lstat(target, dfd) if dfd is not None else None
             if st is not None and stat.S_ISDIR(st.st_mode):
                 os.setxattr(_proc(dfd, target), OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+                self._prune_at(dfd, target, parts)
             return
         if self.lower_fds and not self._visible_dir(dir_parts):
             return  # nothing below to hide; do not create the directory
@@ -732,6 +733,7 @@ class _Applier:
         elif not self.lower_fds or self._visible_dir(dir_parts):
             dfd = self._parent(dir_parts, name)
             os.setxattr(_proc(dfd), OVERLAY_OPAQUE_XATTR, b"y")
+            self._prune_at(dfd, ".", dir_parts)
 
     def _opaque_root(self):
         # overlayfs ignores the opaque xattr on its root directory: hide
@@ -750,8 +752,9 @@ class _Applier:
             os.mknod(n, stat.S_IFCHR, 0, dir_fd=self.root_fd)
 
     def _prune_at(self, dfd, name, parts):
-        # Native mode: delete what the directory held before this layer,
-        # keeping every path this layer wrote.
+        # Delete what the directory holds that this layer did not write:
+        # in native mode the lower layers' entries, in overlay mode what was
+        # copied up for a hard link (the opaque xattr hides the rest).
         fd = os.open(name, _READ_DIR, dir_fd=dfd)
         try:
             for child in os.listdir(fd):
