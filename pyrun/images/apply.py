@@ -101,8 +101,9 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     tar, gzip or zstd; it is read once, front to back, and never held in
     memory or on disk.  ``media_type`` (optional) must be an OCI or Docker
     layer type; the compression really used is detected from the magic
-    bytes.  A tar stream with no end-of-archive blocks is accepted (``umoci
-    insert`` writes those); a truncated or corrupt one is not.
+    bytes.  A tar stream that ends right after its last entry's data, with
+    no padding or end-of-archive blocks, is accepted (``umoci insert``
+    writes those); a truncated or corrupt one is not.
 
     ``mode`` says what ``root`` is:
 
@@ -120,6 +121,15 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     layer survive a whiteout or opaque marker that comes after them in the
     tar, as if the marker had been applied first.
 
+    Names are cleaned lexically against "/" (``..`` stops at the root) and
+    resolved inside ``root`` only: in overlay mode that is the upper dir
+    alone, so a symlink that only a lower layer holds is not followed (as
+    containerd's and Docker's overlay appliers do).  A parent that is a
+    dangling symlink is followed inside the root and the missing
+    directories are made there (containerd: ``fs.RootPath`` + MkdirAll).
+    Hard links are made to the link target itself, never through a final
+    symlink.
+
     The tree is written with the header's numeric uid/gid, mode (set after
     chown, which clears setuid/setgid), xattrs (PAX ``SCHILY.xattr.*`` and
     ``LIBARCHIVE.xattr.*``, except ``trusted.overlay.*``/``user.overlay.*``),
@@ -133,9 +143,10 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     Raises InvalidArgument naming the entry and what is wrong for a bad
     layer: a corrupt stream, a diffID mismatch, an unsupported entry type,
     a uid/gid above 2^32-2, a device number beyond the kernel's 12-bit
-    major / 20-bit minor, more than ``max_entries`` entries, a name deeper
-    than ``max_depth`` components, a hard link to a missing target or a
-    directory.  Machine errors (ENOSPC, EIO, ...) stay OSError, with the
+    major / 20-bit minor, more than ``max_entries`` entries, a name or a
+    directory (reached through symlinks) deeper than ``max_depth``
+    components, a PAX or long-name record over 1 MiB, a hard link to a
+    missing target or a directory.  Machine errors (ENOSPC, EIO, ...) stay OSError, with the
     entry named.
 
     A failed apply leaves ``root`` half-written.  Callers apply into a fresh
@@ -601,9 +612,28 @@ class _Applier:
                 return None
         return None
 
-    def _lower_dir_exists(self, parts):
-        if not parts:
+    def _visible_dir(self, parts):
+        """Whether the merged view of the root over the lower dirs has a
+        directory at ``parts`` (no symlinks followed)."""
+        if self._lookup_dir(parts) is not None:
             return True
+        # Not all of it is in the root: a whiteout, non-directory or opaque
+        # directory on the way hides the lower layers.
+        fd = os.dup(self.root_fd)
+        try:
+            for comp in parts:
+                st = _lstat(comp, fd)
+                if st is None:
+                    break
+                if not stat.S_ISDIR(st.st_mode):
+                    return False
+                sub = os.open(comp, _PATH_DIR | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+                if _is_opaque(fd):
+                    return False
+        finally:
+            os.close(fd)
         found = self._lookup_lower(parts)
         if found is None:
             return False
@@ -681,9 +711,9 @@ class _Applier:
             st = _lstat(target, dfd) if dfd is not None else None
             if st is not None and stat.S_ISDIR(st.st_mode):
                 os.setxattr(_proc(dfd, target), OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+                self._prune_at(dfd, target, parts)
             return
-        if self.lower_fds and self._lookup_dir(dir_parts) is None \
-                and not self._lower_dir_exists(dir_parts):
+        if self.lower_fds and not self._visible_dir(dir_parts):
             return  # nothing below to hide; do not create the directory
         dfd = self._parent(dir_parts, name)
         st = _lstat(target, dfd)
@@ -700,10 +730,10 @@ class _Applier:
                 self._prune_at(dfd, ".", dir_parts)
         elif not dir_parts:
             self._opaque_root()
-        elif self._lookup_dir(dir_parts) is not None or not self.lower_fds \
-                or self._lower_dir_exists(dir_parts):
+        elif not self.lower_fds or self._visible_dir(dir_parts):
             dfd = self._parent(dir_parts, name)
             os.setxattr(_proc(dfd), OVERLAY_OPAQUE_XATTR, b"y")
+            self._prune_at(dfd, ".", dir_parts)
 
     def _opaque_root(self):
         # overlayfs ignores the opaque xattr on its root directory: hide
@@ -722,8 +752,9 @@ class _Applier:
             os.mknod(n, stat.S_IFCHR, 0, dir_fd=self.root_fd)
 
     def _prune_at(self, dfd, name, parts):
-        # Native mode: delete what the directory held before this layer,
-        # keeping every path this layer wrote.
+        # Delete what the directory holds that this layer did not write:
+        # in native mode the lower layers' entries, in overlay mode what was
+        # copied up for a hard link (the opaque xattr hides the rest).
         fd = os.open(name, _READ_DIR, dir_fd=dfd)
         try:
             for child in os.listdir(fd):
@@ -804,10 +835,12 @@ class _Applier:
         try:
             src = tf.extractfile(ti).raw
             # A sparse entry lists its data regions; everything else is a hole.
+            written = 0
             for offset, length in ti.sparse if ti.sparse is not None else [(0, ti.size)]:
                 src.seek(offset)
-                self._copy_region(src, fd, offset, length, ti.name)
-            os.ftruncate(fd, ti.size)
+                written = self._copy_region(src, fd, offset, length, ti.name)
+            if written < ti.size:  # a hole at the end
+                os.ftruncate(fd, ti.size)
             os.fchown(fd, ti.uid, ti.gid)
             os.fchmod(fd, ti.mode & 0o7777)  # after fchown, which clears setuid/setgid
             _set_xattrs(fd, _xattrs(ti), ti.name)  # after fchown, which drops security.capability
@@ -817,14 +850,17 @@ class _Applier:
 
     @staticmethod
     def _copy_region(src, fd, offset, length, name):
-        pos, end = offset, offset + length
+        # Returns the end of the data written: past it, the file is a hole.
+        pos, end, written = offset, offset + length, 0
         while pos < end:
             data = src.read(min(_BLOCK, end - pos))
             if not data:
                 raise InvalidArgument(f"layer entry {name!r}: tar stream ends inside its data")
             if data != _ZEROS[:len(data)]:
                 _pwrite_all(fd, data, pos)
+                written = pos + len(data)
             pos += len(data)
+        return written
 
     def _hardlink(self, ti, parts):
         name, base = ti.name, parts[-1]

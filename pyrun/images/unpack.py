@@ -24,9 +24,8 @@ from dataclasses import replace
 from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound
 from pyrun.images.apply import NATIVE, OVERLAY, apply_layer
 from pyrun.mount import mount_all, overlay_dirs, unmount_all
+from pyrun.registry.manifest import Manifest, parse_manifest
 
-MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v2+json")
 # Labels containerd's unpacker sets, which GC and later diffs rely on.
 UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
 SNAPSHOT_REF_LABEL = "containerd.io/gc.ref.snapshot."
@@ -46,18 +45,42 @@ def chain_ids(diff_ids):
     return out
 
 
-def read_json(store, desc, what):
-    """Parse the blob of descriptor ``desc`` (a dict with ``digest``) from
-    ``store``.  InvalidArgument for a blob over 4 MiB or that is not JSON;
-    NotFound if the store lacks it."""
-    with store.reader(desc["digest"]) as r:
+def _read_small(store, digest, what):
+    with store.reader(digest) as r:
         data = r.read(MAX_JSON + 1)
     if len(data) > MAX_JSON:
-        raise InvalidArgument(f"{what} {desc['digest']} is larger than {MAX_JSON} bytes")
+        raise InvalidArgument(f"{what} {digest} is larger than {MAX_JSON} bytes")
+    return data
+
+
+def read_manifest(store, desc):
+    """The :class:`~pyrun.registry.manifest.Manifest` that the descriptor
+    ``desc`` names, read from ``store``.  InvalidArgument for an index
+    (pick a platform's manifest first: ``registry.select_manifests``) or a
+    malformed manifest; NotFound if the store lacks it."""
+    what = f"manifest {desc.digest}"
+    doc = parse_manifest(_read_small(store, desc.digest, what), desc.media_type, what)
+    if not isinstance(doc, Manifest):
+        raise InvalidArgument(f"cannot unpack {what}: it is an index ({doc.media_type}); "
+                              "pick a platform's manifest first")
+    return doc
+
+
+def read_diff_ids(store, config):
+    """The ``rootfs.diff_ids`` of the image config blob ``config`` (a
+    descriptor).  InvalidArgument if the config is not JSON or its rootfs
+    is not ``{"type": "layers", "diff_ids": [...]}``."""
+    what = f"image config {config.digest}"
     try:
-        return json.loads(data)
+        doc = json.loads(_read_small(store, config.digest, what))
     except ValueError as e:
-        raise InvalidArgument(f"{what} {desc['digest']} is not JSON: {e}") from None
+        raise InvalidArgument(f"{what} is not JSON: {e}") from None
+    rootfs = doc.get("rootfs") if isinstance(doc, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or rootfs.get("type") != "layers" \
+            or not all(isinstance(d, str) for d in diff_ids):
+        raise InvalidArgument(f"{what}: rootfs is not {{type: layers, diff_ids: [...]}}")
+    return diff_ids
 
 
 def apply_to_mounts(mounts, stream, *, tmp_dir=None, **kw):
@@ -92,8 +115,9 @@ def apply_to_mounts(mounts, stream, *, tmp_dir=None, **kw):
 
 
 def unpack(manifest, store, snapshotter, *, snapshotter_name=None, tmp_dir=None):
-    """Unpack the image whose manifest descriptor is ``manifest`` (a dict:
-    ``mediaType``, ``digest``, ``size``) from the content ``store`` into
+    """Unpack the image whose manifest descriptor is ``manifest`` (a
+    :class:`~pyrun.registry.manifest.Descriptor`, e.g. one that
+    ``registry.pull`` returned) from the content ``store`` into
     ``snapshotter``.  Returns the top layer's chain ID, the name of the
     committed snapshot that holds the image's root filesystem.
 
@@ -106,37 +130,23 @@ def unpack(manifest, store, snapshotter, *, snapshotter_name=None, tmp_dir=None)
     so GC keeps the snapshots as long as the image.  Callers that race GC
     run this under a lease (the store and snapshotter given carry it).
 
-    Raises InvalidArgument for an index (pick a platform's manifest
-    first), a manifest or config that is malformed, a layer count that
-    differs from ``rootfs.diff_ids``, and anything
-    :func:`~pyrun.images.apply.apply_layer` raises for a bad layer (the
-    message names the layer digest); NotFound for a missing blob.
+    Raises InvalidArgument for an index, a manifest or config that is
+    malformed, a layer count that differs from ``rootfs.diff_ids``, and
+    anything :func:`~pyrun.images.apply.apply_layer` raises for a bad layer
+    (the message names the layer digest); NotFound for a missing blob.
     """
-    media_type = manifest.get("mediaType")
-    if media_type not in MANIFEST_TYPES:
-        raise InvalidArgument(f"cannot unpack {media_type!r} ({manifest.get('digest')}): "
-                              f"need one of {', '.join(MANIFEST_TYPES)}")
-    body = read_json(store, manifest, "manifest")
-    layers = body.get("layers")
-    config_desc = body.get("config")
-    if not isinstance(layers, list) or not isinstance(config_desc, dict):
-        raise InvalidArgument(f"manifest {manifest['digest']}: no layers or config")
-    config = read_json(store, config_desc, "image config")
-    rootfs = config.get("rootfs") or {}
-    diff_ids = rootfs.get("diff_ids")
-    if rootfs.get("type") != "layers" or not isinstance(diff_ids, list):
-        raise InvalidArgument(f"image config {config_desc['digest']}: rootfs is not "
-                              "{type: layers, diff_ids: [...]}")
-    if len(diff_ids) != len(layers):
-        raise InvalidArgument(f"manifest {manifest['digest']} has {len(layers)} layers but its "
-                              f"config {config_desc['digest']} has {len(diff_ids)} diff_ids")
+    doc = read_manifest(store, manifest)
+    diff_ids = read_diff_ids(store, doc.config)
+    if len(diff_ids) != len(doc.layers):
+        raise InvalidArgument(f"manifest {manifest.digest} has {len(doc.layers)} layers but its "
+                              f"config {doc.config.digest} has {len(diff_ids)} diff_ids")
     parent = ""
-    for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids)):
+    for layer, diff_id, chain_id in zip(doc.layers, diff_ids, chain_ids(diff_ids)):
         if not _exists(snapshotter, chain_id):
             _apply_one(layer, diff_id, chain_id, parent, store, snapshotter, tmp_dir)
         parent = chain_id
     if snapshotter_name and parent:
-        _label(store, config_desc["digest"], SNAPSHOT_REF_LABEL + snapshotter_name, parent)
+        _label(store, doc.config.digest, SNAPSHOT_REF_LABEL + snapshotter_name, parent)
     return parent
 
 
@@ -153,12 +163,12 @@ def _apply_one(layer, diff_id, chain_id, parent, store, snapshotter, tmp_dir):
     key = f"extract-{secrets.token_hex(8)} {chain_id}"
     mounts = snapshotter.prepare(key, parent)
     try:
-        with store.reader(layer["digest"]) as r:
+        with store.reader(layer.digest) as r:
             try:
-                apply_to_mounts(mounts, r, tmp_dir=tmp_dir, media_type=layer.get("mediaType"),
+                apply_to_mounts(mounts, r, tmp_dir=tmp_dir, media_type=layer.media_type,
                                 expected_diffid=diff_id)
-            except InvalidArgument as e:
-                raise InvalidArgument(f"layer {layer['digest']}: {e}") from e
+            except InvalidArgument as e:  # the same kind, naming the layer
+                raise type(e)(f"layer {layer.digest}: {e}") from e
         try:
             snapshotter.commit(chain_id, key)
         except AlreadyExists:
@@ -170,7 +180,7 @@ def _apply_one(layer, diff_id, chain_id, parent, store, snapshotter, tmp_dir):
         except NotFound:
             pass
         raise
-    _label(store, layer["digest"], UNCOMPRESSED_LABEL, diff_id)
+    _label(store, layer.digest, UNCOMPRESSED_LABEL, diff_id)
 
 
 def _label(store, digest, key, value):
