@@ -985,7 +985,13 @@ long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd)
 {
 	long pid = pr_clone3(clone_flags | CLONE_PIDFD, pidfd, SIGCHLD);
 
-	if (pid == 0)
+	if (pid == 0) {
+		/* CVE-2019-5736: until execve this process is an image of the
+		 * runtime's interpreter.  Not dumpable, its /proc/<pid>/exe and
+		 * memory can only be reached with CAP_SYS_PTRACE, which containers
+		 * do not get; execve makes the new program dumpable again. */
+		pr_prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0);
 		child_main(p);
+	}
 	return pid;
 }
