@@ -896,6 +896,13 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 		return do_hook(p, o);
 	case PR_OP_PIVOT_ROOT:
 		return do_pivot_root(p, o);
+	case PR_OP_CHROOT:
+		/* No mount namespace: pivot_root would swap the root of every
+		 * process sharing this namespace, so only chroot (as runc). */
+		if (syscall(SYS_chdir, o->s1) < 0 || syscall(SYS_chroot, ".") < 0 ||
+		    syscall(SYS_chdir, "/") < 0)
+			return -errno;
+		return 0;
 	case PR_OP_MOVE_ROOT:
 		return do_move_root(o);
 	case PR_OP_MASK:

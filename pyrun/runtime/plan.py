@@ -325,12 +325,14 @@ def build(spec, inp):
     # whole tree a slave first.  The spec's rootfsPropagation applies to
     # the container's own / after pivot_root (a shared or unbindable parent
     # would make the rootfs bind or pivot_root fail).
-    prop = L.MS_SLAVE | L.MS_REC
-    plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(prop, L.MS_FLAGS)} in the new mount namespace",
-             "rootfs", s2="/", flags=prop, n1=lib.PR_MNT_HOST_TARGET)
-    plan.add(lib.PR_OP_MOUNT, f"bind the rootfs {inp.rootfs} onto itself", "rootfs",
-             s1=inp.rootfs, s2=inp.rootfs, flags=L.MS_BIND | L.MS_REC,
-             n1=lib.PR_MNT_HOST_TARGET)
+    own_mountns = linux.namespace("mount") is not None
+    if own_mountns:
+        prop = L.MS_SLAVE | L.MS_REC
+        plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(prop, L.MS_FLAGS)} in the new mount namespace",
+                 "rootfs", s2="/", flags=prop, n1=lib.PR_MNT_HOST_TARGET)
+        plan.add(lib.PR_OP_MOUNT, f"bind the rootfs {inp.rootfs} onto itself", "rootfs",
+                 s1=inp.rootfs, s2=inp.rootfs, flags=L.MS_BIND | L.MS_REC,
+                 n1=lib.PR_MNT_HOST_TARGET)
     plan.add(lib.PR_OP_OPEN_ROOT, f"open the rootfs {inp.rootfs}", "rootfs", s1=inp.rootfs)
 
     dev_bound = False
@@ -378,7 +380,10 @@ def build(spec, inp):
         _plan_hook(plan, "createContainer", i, h)
 
     # ---- pivot ----
-    if inp.no_pivot:
+    if not own_mountns:
+        plan.add(lib.PR_OP_CHROOT, f"chroot to {inp.rootfs} (no mount namespace: no pivot_root)",
+                 "pivot", s1=inp.rootfs)
+    elif inp.no_pivot:
         plan.add(lib.PR_OP_MOVE_ROOT, f"move {inp.rootfs} to / and chroot (--no-pivot)", "pivot",
                  s1=inp.rootfs)
     else:

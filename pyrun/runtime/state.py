@@ -79,11 +79,16 @@ class State(Record):
     """What later commands need to know about a container: ``start_time``
     in clock ticks since boot (tells a recycled pid apart), ``created`` in
     RFC 3339 UTC, ``config`` the raw config.json (for poststop hooks),
-    ``cgroup`` what the cgroup manager needs to find its groups again."""
+    ``cgroup`` what the cgroup manager needs to find its groups again;
+    ``host_mounts``, for a container without its own mount namespace, the
+    mount points under the rootfs that were there before it (the others
+    are its own, unmounted on delete)."""
     __slots__ = ("id", "bundle", "rootfs", "pid", "start_time", "status", "created",
-                 "annotations", "config", "cgroup", "owner")
+                 "annotations", "config", "cgroup", "owner", "host_mounts")
     _defaults = {"pid": 0, "start_time": 0, "status": Status.CREATING, "created": "",
-                 "annotations": dict, "config": dict, "cgroup": dict, "owner": ""}
+                 "annotations": dict, "config": dict, "cgroup": dict, "owner": "",
+                 "host_mounts": None}
+
 
     def alive(self):
         return bool(self.pid) and proc_start_time(self.pid) == self.start_time
@@ -104,6 +109,23 @@ class State(Record):
         if self.annotations:
             out["annotations"] = self.annotations
         return out
+
+
+def unmount_own(st):
+    """Detach the mounts a container without a mount namespace made in
+    the caller's namespace under its rootfs, deepest first."""
+    if st.host_mounts is None:
+        return
+    from pyrun import linux
+    from pyrun.fsutil import mounts_under
+
+    keep = set(st.host_mounts)
+    for m in mounts_under(st.rootfs):
+        if m not in keep:
+            try:
+                linux.umount2(m, linux.MNT_DETACH)
+            except OSError:
+                pass
 
 
 def now_rfc3339():
