@@ -896,6 +896,16 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 		return do_hook(p, o);
 	case PR_OP_PIVOT_ROOT:
 		return do_pivot_root(p, o);
+	case PR_OP_STDIO: {
+		/* The container's stdin, stdout, stderr (n1, n2, n3; -1 keeps
+		 * ours).  The plan put them above 2, so no dup3 clobbers another. */
+		int64_t fds[3] = { o->n1, o->n2, o->n3 };
+		for (int i = 0; i < 3; i++) {
+			if (fds[i] >= 0 && syscall(SYS_dup3, (int)fds[i], i, 0) < 0)
+				return -errno;
+		}
+		return 0;
+	}
 	case PR_OP_CHROOT:
 		/* No mount namespace: pivot_root would swap the root of every
 		 * process sharing this namespace, so only chroot (as runc). */

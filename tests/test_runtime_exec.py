@@ -114,3 +114,26 @@ def test_runtime_binary_unreachable_from_container(tmp_path, busybox_rootfs):
         assert "READ" not in r.stdout and "WROTE" not in r.stdout and "ROOT" not in r.stdout, r.stdout
     finally:
         p.cleanup()
+
+
+def test_library_stdio(tmp_path, busybox_rootfs):
+    """create(stdio=...) gives the container other fds than the caller's
+    0/1/2 (what a threaded library caller needs)."""
+    from pyrun.runtime.run import run
+    from pyrun.runtime.state import Store
+
+    make_bundle(tmp_path / "bundle", busybox_rootfs, ["sh", "-c", "read x; echo out:$x; echo err >&2"])
+    rin, win = os.pipe()
+    rout, wout = os.pipe()
+    rerr, werr = os.pipe()
+    os.write(win, b"hello\n")
+    os.close(win)
+    status = run(Store(str(tmp_path / "state")), "c1", str(tmp_path / "bundle"),
+                 stdio=(rin, wout, werr))
+    for fd in (rin, wout, werr):
+        os.close(fd)
+    assert status == 0
+    assert os.read(rout, 100) == b"out:hello\n"
+    assert os.read(rerr, 100) == b"err\n"
+    os.close(rout)
+    os.close(rerr)

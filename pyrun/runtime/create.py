@@ -48,14 +48,18 @@ def _write_id_maps(pid, spec):
 
 
 def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file=None,
-           no_pivot=False, no_new_keyring=False, preserve_fds=0, cgroup_manager=None):
+           no_pivot=False, no_new_keyring=False, preserve_fds=0, cgroup_manager=None,
+           stdio=None):
     """Create container ``cid`` from the OCI bundle at ``bundle``.
 
     ``console_socket``: path of a unix socket that receives the pty master
     (SCM_RIGHTS) when ``process.terminal`` is set; ``console_fd``: an
     already connected one.  ``preserve_fds``: number of fds after stdio
-    passed on to the container (runc ``--preserve-fds``).  Returns the
-    saved :class:`State` (status created).
+    passed on to the container (runc ``--preserve-fds``).  ``stdio``:
+    (stdin, stdout, stderr) fds for the container's process; None, or -1 in
+    a slot, keeps the caller's own fd 0/1/2 (runc's pass-through).  The
+    caller keeps and closes its fds.  Returns the saved :class:`State`
+    (status created).
 
     Raises NotFound (bundle), InvalidArgument (config), AlreadyExists (id),
     StepError (a step of the child stage failed), HookError.
@@ -105,12 +109,22 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             cgroup_manager.create()
             created_cgroup = True
             st.cgroup = cgroup_manager.describe()
+        if stdio is not None:
+            moved = []
+            for fd in stdio:
+                if fd is None or fd < 0:
+                    moved.append(-1)
+                else:
+                    moved.append(planner.high_fd(os.dup(fd), low))
+                    fds.append(moved[-1])
+            stdio = tuple(moved)
         inp = planner.Inputs(
             bundle=bundle, rootfs=rootfs, fifo_fd=fifo_fd,
             console_fd=console_fd if console_fd is not None else -1,
             preserve_fds=preserve_fds, no_pivot=no_pivot, no_new_keyring=no_new_keyring,
             container_id=cid, join_cgroup=cgroup_manager is not None,
             cgroup_paths=cgroup_manager.mount_sources() if cgroup_manager is not None else {},
+            stdio=stdio,
         )
         plan = planner.build(spec, inp)
         fds.extend(plan.ns_fds.values())

@@ -84,9 +84,9 @@ class Inputs(Record):
     """What the plan needs besides the spec.  ``cgroup_paths``: hierarchy
     mount point -> the container's group in it (for the cgroup mount)."""
     __slots__ = ("bundle", "rootfs", "fifo_fd", "console_fd", "preserve_fds", "no_pivot",
-                 "no_new_keyring", "container_id", "cgroup_paths", "join_cgroup")
+                 "no_new_keyring", "container_id", "cgroup_paths", "join_cgroup", "stdio")
     _defaults = {"console_fd": -1, "preserve_fds": 0, "no_pivot": False, "no_new_keyring": False,
-                 "container_id": "", "cgroup_paths": dict, "join_cgroup": False}
+                 "container_id": "", "cgroup_paths": dict, "join_cgroup": False, "stdio": None}
 
 
 def high_fd(fd, low):
@@ -258,6 +258,10 @@ def build(spec, inp):
                 os.close(fd)
             raise InvalidArgument(f"linux.namespaces: {kind} path {path!r}: {e.strerror}") from None
         plan.ns_fds[kind] = high_fd(fd, 3 + inp.preserve_fds)
+
+    if inp.stdio is not None:
+        plan.add(lib.PR_OP_STDIO, f"stdin, stdout, stderr from fds {inp.stdio}", "exec",
+                 n1=inp.stdio[0], n2=inp.stdio[1], n3=inp.stdio[2])
 
     # ---- namespaces ----
     # A single clone() creates every new namespace unless something must be
