@@ -90,35 +90,40 @@ def parse(argv, prog, global_flags, commands):
     _, positionals, flags = commands[tuple(words)]
     flags = flags + [Flag(("--help", "-h"), "show help")]
     out.update({f.dest: f.default for f in flags})
-    values = []
+    fixed = [p for p in positionals if p[1] != "rest"]
+    rest = next((p[0] for p in positionals if p[1] == "rest"), None)
+    values, tail = [], []
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
-            values.extend(argv[i + 1:])
+            remaining = argv[i + 1:]
+            need = len(fixed) - len(values)
+            values.extend(remaining[:need])
+            (tail if rest else values).extend(remaining[need:])
             break
-        fixed = [p for p in positionals if p[1] != "rest"]
-        if arg.startswith("-") and arg != "-" and not (values and len(values) >= len(fixed)):
+        if arg.startswith("-") and arg != "-":
             i = _take(flags, argv, i, out, f"{prog} {verb}")
             continue
-        values.append(arg)
-        i += 1
-        if len(values) == len(fixed) and len(fixed) < len(positionals):
-            # Everything after the fixed positionals is the command (exec).
-            values.append(argv[i + (argv[i:i + 1] == ["--"]):])
-            break
+        if len(values) < len(fixed) or rest is None:
+            values.append(arg)
+            i += 1
+            continue
+        # Everything from here on belongs to the rest (exec's command).
+        tail = argv[i:]
+        break
     if out.get("help"):
         return Args(**out)
-    for n, (name, required) in enumerate(positionals):
-        if required == "rest":
-            out[name] = values[n] if n < len(values) else []
-        elif n < len(values):
+    for n, (name, required) in enumerate(fixed):
+        if n < len(values):
             out[name] = values[n]
         elif required:
-            raise InvalidArgument(f"pyrun {verb}: missing the {name} argument")
+            raise InvalidArgument(f"{prog} {verb}: missing the {name} argument")
         else:
             out[name] = None
-    if len(values) > len(positionals):
-        raise InvalidArgument(f"pyrun {verb}: unexpected argument {values[len(positionals)]!r}")
+    if rest is not None:
+        out[rest] = tail
+    if len(values) > len(fixed):
+        raise InvalidArgument(f"{prog} {verb}: unexpected argument {values[len(fixed)]!r}")
     return Args(**out)
 
 
