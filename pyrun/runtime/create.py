@@ -102,6 +102,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             cgroup_manager.create()
             created_cgroup = True
             st.cgroup = cgroup_manager.describe()
+            st.oom = cgroup_manager.oom_counter()
         inp = planner.Inputs(
             bundle=bundle, rootfs=rootfs, fifo_fd=fifo_fd,
             console_fd=console_fd if console_fd is not None else -1,
