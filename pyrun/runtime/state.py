@@ -8,17 +8,17 @@ start time) means *stopped*.
 
 Statuses and what they allow (runtime spec "Lifecycle"; runc semantics):
 
-=========  =====  ====  ======  =====  ======
-status     start  kill  delete  pause  resume
-=========  =====  ====  ======  =====  ======
-creating   no     no    yes     no     no
-created    yes    yes   yes *   yes    no
-running    no     yes   --force yes    no
-paused     no     yes   --force no     yes
-stopped    no     no    yes     no     no
-=========  =====  ====  ======  =====  ======
+=========  =====  ====  =======  =====  ======
+status     start  kill  delete   pause  resume
+=========  =====  ====  =======  =====  ======
+creating   no     no    yes      no     no
+created    yes    yes   yes      yes    no
+running    no     yes   --force  yes    no
+paused     no     yes   --force  no     yes
+stopped    no     no    yes      no     no
+=========  =====  ====  =======  =====  ======
 
-\* deleting a created container kills its init.
+Deleting a created container kills its init.
 
 *paused* is not a runtime-spec status, but runc reports it in ``state``
 and ``list`` (its freezer is frozen); resume returns the container to
