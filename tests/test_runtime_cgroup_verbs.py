@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from cgroup_helpers import new_parent_name, remove_test_parent
+from cgroup_helpers import hierarchies, new_parent_name, remove_test_parent
 from runtime_helpers import PYRUN, Pyrun, make_bundle
 
 ROOT = "/sys/fs/cgroup"
@@ -25,17 +25,12 @@ pytestmark = [
 ]
 
 
-def _hierarchies():
-    return [os.path.join(ROOT, d) for d in os.listdir(ROOT)
-            if os.path.isdir(os.path.join(ROOT, d)) and not os.path.islink(os.path.join(ROOT, d))]
-
-
 @pytest.fixture
 def parent():
     name = new_parent_name()
     yield name
-    left = [h for h in _hierarchies() if os.path.exists(h + name)]
-    remove_test_parent(_hierarchies(), name)
+    left = [h for h in hierarchies(ROOT) if os.path.exists(h + name)]
+    remove_test_parent(hierarchies(ROOT), name)
     assert not left, f"groups left behind under {name}: {left}"
 
 
