@@ -92,7 +92,7 @@ def test_parse_ps_arguments():
     assert (a.id, a.format, a.ps_args) == ("c1", "table", ["-o", "pid,comm", "-f"])
     with pytest.raises(InvalidArgument, match="missing the id"):
         runc_flags.parse(["ps"])
-    assert "[PS_ARGS...]" in runc_flags.usage("ps")
+    assert "ID PS_ARGS..." in runc_flags.usage("ps")
 
 
 def test_parse_update_and_events_flags():

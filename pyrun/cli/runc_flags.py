@@ -10,15 +10,17 @@ from pyrun.errdefs import InvalidArgument
 
 
 class Flag:
-    __slots__ = ("names", "dest", "takes_value", "default", "help", "convert")
+    """``multiple``: the flag may repeat; its value is a list."""
+    __slots__ = ("names", "dest", "takes_value", "default", "help", "convert", "multiple")
 
-    def __init__(self, names, help, takes_value=False, default=None, convert=str):
+    def __init__(self, names, help, takes_value=False, default=None, convert=str, multiple=False):
         self.names = names
         self.dest = names[0].lstrip("-").replace("-", "_")
-        self.takes_value = takes_value
-        self.default = default if takes_value else bool(default)
+        self.takes_value = takes_value or multiple
+        self.default = default if self.takes_value else bool(default)
         self.help = help
         self.convert = convert
+        self.multiple = multiple
 
 
 GLOBAL = [
@@ -51,6 +53,24 @@ VERBS = {
     "run": ("create and start a container, wait for it, delete it", [("id", True)],
             CREATE + [Flag(("--detach", "-d"), "do not wait for the container"),
                       Flag(("--keep",), "do not delete the container after it exits")]),
+    "exec": ("run a new process in a running container", [("id", True), ("args", "rest")],
+             [Flag(("--process", "-p"), "a process.json to run instead of ARGS", True, None),
+              Flag(("--tty", "-t"), "give the process a terminal"),
+              Flag(("--console-socket",), "unix socket that receives the pty master", True, None),
+              Flag(("--detach", "-d"), "do not wait for the process"),
+              Flag(("--pid-file",), "write the process's pid to this file", True, None),
+              Flag(("--cwd",), "working directory in the container", True, None),
+              Flag(("--env", "-e"), "set KEY=VALUE (repeatable)", multiple=True, default=[]),
+              Flag(("--user", "-u"), "uid[:gid]", True, None),
+              Flag(("--additional-gids", "-g"), "an additional gid (repeatable)", multiple=True,
+                   default=[]),
+              Flag(("--cap", "-c"), "add a capability (repeatable)", multiple=True, default=[]),
+              Flag(("--no-new-privs",), "set no_new_privs"),
+              Flag(("--preserve-fds",), "pass N extra fds (from fd 3)", True, 0, int),
+              Flag(("--cgroup",), "accepted for runc compatibility (the container's cgroup is used)",
+                   True, None),
+              Flag(("--process-label",), "accepted; no effect without SELinux", True, None),
+              Flag(("--apparmor",), "AppArmor profile (refused: not enabled here)", True, None)]),
     "start": ("start a created container", [("id", True)], []),
     "state": ("print a container's state JSON", [("id", True)], []),
     "kill": ("send a signal (default SIGTERM) to a container",
@@ -114,7 +134,7 @@ VERBS.update({
     "pause": ("freeze all processes of a container", [("id", True)], []),
     "resume": ("thaw a paused container", [("id", True)], []),
     "ps": ("list a container's processes (ps options after the id; default -ef)",
-           [("id", True), ("ps_args", "*")],
+           [("id", True), ("ps_args", "rest")],
            [Flag(("--format", "-f"), "table or json", True, "table")]),
     "update": ("change a container's cgroup limits", [("id", True)],
                [Flag(("--resources", "-r"), "linux.resources JSON file, or - for stdin "
@@ -152,7 +172,10 @@ def _take(flags, argv, i, out, where):
             i += 1
             value = argv[i]
         try:
-            out[f.dest] = f.convert(value)
+            if f.multiple:
+                out[f.dest] = list(out.get(f.dest) or []) + [f.convert(value)]
+            else:
+                out[f.dest] = f.convert(value)
         except ValueError:
             raise InvalidArgument(f"{where}: {f.names[0]}: bad value {value!r}") from None
     else:
@@ -178,28 +201,28 @@ def parse(argv):
     flags = flags + [Flag(("--help", "-h"), "show help")]
     out.update({f.dest: f.default for f in flags})
     values = []
-    # A "*" positional takes all the remaining arguments, dashes included
-    # (runc ps's ps options), once the ones before it are given.
-    fixed = [p for p in positionals if p[1] != "*"]
-    until = len(fixed) if len(fixed) < len(positionals) else len(positionals)
     i += 1
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
             values.extend(argv[i + 1:])
             break
-        if arg.startswith("-") and arg != "-" and not (values and len(values) >= until):
+        fixed = [p for p in positionals if p[1] != "rest"]
+        if arg.startswith("-") and arg != "-" and not (values and len(values) >= len(fixed)):
             i = _take(flags, argv, i, out, f"pyrun {verb}")
             continue
         values.append(arg)
         i += 1
+        if len(values) == len(fixed) and len(fixed) < len(positionals):
+            # Everything after the fixed positionals is the command (exec).
+            values.append(argv[i + (argv[i:i + 1] == ["--"]):])
+            break
     if out.get("help"):
         return Args(**out)
     for n, (name, required) in enumerate(positionals):
-        if required == "*":
-            out[name] = values[n:]
-            return Args(**out)
-        if n < len(values):
+        if required == "rest":
+            out[name] = values[n] if n < len(values) else []
+        elif n < len(values):
             out[name] = values[n]
         elif required:
             raise InvalidArgument(f"pyrun {verb}: missing the {name} argument")
@@ -227,8 +250,8 @@ def usage(verb=None):
         lines += ["", "global flags:"] + _flag_lines(GLOBAL)
     else:
         summary, positionals, flags = VERBS[verb]
-        args = " ".join(n.upper() if r is True else f"[{n.upper()}...]" if r == "*"
-                        else f"[{n.upper()}]" for n, r in positionals)
+        args = " ".join(n.upper() + "..." if r == "rest" else n.upper() if r else f"[{n.upper()}]"
+                        for n, r in positionals)
         lines = [f"usage: pyrun {verb} [flags] {args}".rstrip(), "", summary]
         if flags:
             lines += ["", "flags:"] + _flag_lines(flags)

@@ -14,7 +14,7 @@ from pyrun.oci.validate import validate
 from pyrun.runtime import plan as planner
 from pyrun.runtime.hooks import run_hooks
 from pyrun.runtime.spawn import Child
-from pyrun.runtime.state import State, Status, now_rfc3339, proc_start_time
+from pyrun.runtime.state import State, Status, now_rfc3339, proc_start_time, unmount_own
 
 
 def load_bundle(bundle):
@@ -80,6 +80,9 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
     created_cgroup = False
     st = State(id=cid, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
                annotations=dict(spec.annotations), config=raw)
+    if spec.linux.namespace("mount") is None:
+        from pyrun.fsutil import mounts_under
+        st.host_mounts = mounts_under(rootfs)
     try:
         fifo = store.fifo(cid)
         os.mkfifo(fifo, 0o622)
@@ -148,6 +151,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
     except BaseException:
         if child is not None:
             child.kill()
+        unmount_own(st)
         if created_cgroup:
             try:
                 cgroup_manager.destroy()

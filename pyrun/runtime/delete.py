@@ -6,7 +6,7 @@ import select
 from pyrun import linux
 from pyrun.oci import spec as ocispec
 from pyrun.runtime.hooks import run_hooks
-from pyrun.runtime.state import Status, proc_start_time, require
+from pyrun.runtime.state import Status, proc_start_time, require, unmount_own
 
 
 def wait_gone(pid, start_time, timeout=10.0):
@@ -27,8 +27,9 @@ def wait_gone(pid, start_time, timeout=10.0):
 
 def delete(store, cid, force=False, cgroup_manager=None):
     """Delete container ``cid``.  A created container's init is killed;
-    a running or paused one needs ``force`` (SIGKILL, then a thaw).  Raises NotFound,
-    FailedPrecondition.  poststop hook failures are warnings."""
+    a running or paused one needs ``force`` (SIGKILL, then a thaw for a
+    paused one).  Raises NotFound, FailedPrecondition.  poststop hook
+    failures are warnings."""
     lock = store.lock(cid)
     try:
         st = store.load(cid)
@@ -43,6 +44,7 @@ def delete(store, cid, force=False, cgroup_manager=None):
         if cgroup_manager is None and st.cgroup:
             from pyrun.runtime.cgroup import manager_from_state
             cgroup_manager = manager_from_state(st)
+        unmount_own(st)
         if cgroup_manager is not None:
             cgroup_manager.destroy()
         hooks = ()

@@ -93,16 +93,18 @@ class State(Record):
     """What later commands need to know about a container: ``start_time``
     in clock ticks since boot (tells a recycled pid apart), ``created`` in
     RFC 3339 UTC, ``config`` the raw config.json (for poststop hooks),
-    ``cgroup`` what the cgroup manager needs to find its groups again,
-    ``oom`` [path of the memory group's file with the ``oom_kill``
-    counter, its value at create] (empty without a memory group),
-    ``oom_kills`` how many of the container's processes the kernel's OOM
-    killer has killed since create (refreshed on load)."""
+    ``cgroup`` what the cgroup manager needs to find its groups again;
+    ``host_mounts``, for a container without its own mount namespace, the
+    mount points under the rootfs that were there before it (the others
+    are its own, unmounted on delete); ``oom`` [path of the memory group's
+    file with the ``oom_kill`` counter, its value at create] (empty without
+    a memory group); ``oom_kills`` how many of the container's processes
+    the kernel's OOM killer has killed since create (refreshed on load)."""
     __slots__ = ("id", "bundle", "rootfs", "pid", "start_time", "status", "created",
-                 "annotations", "config", "cgroup", "owner", "oom", "oom_kills")
+                 "annotations", "config", "cgroup", "owner", "host_mounts", "oom", "oom_kills")
     _defaults = {"pid": 0, "start_time": 0, "status": Status.CREATING, "created": "",
                  "annotations": dict, "config": dict, "cgroup": dict, "owner": "",
-                 "oom": list, "oom_kills": 0}
+                 "host_mounts": None, "oom": list, "oom_kills": 0}
 
     def alive(self):
         return bool(self.pid) and proc_start_time(self.pid) == self.start_time
@@ -143,6 +145,23 @@ def read_oom_kills(path):
     except FileNotFoundError:
         return None
     return 0
+
+
+def unmount_own(st):
+    """Detach the mounts a container without a mount namespace made in
+    the caller's namespace under its rootfs, deepest first."""
+    if st.host_mounts is None:
+        return
+    from pyrun import linux
+    from pyrun.fsutil import mounts_under
+
+    keep = set(st.host_mounts)
+    for m in mounts_under(st.rootfs):
+        if m not in keep:
+            try:
+                linux.umount2(m, linux.MNT_DETACH)
+            except OSError:
+                pass
 
 
 def now_rfc3339():
