@@ -99,6 +99,8 @@ def test_pause_resume(pyrun, bundle, parent, tmp_path):
     r = pyrun("pause", "c1", check=False)
     assert r.returncode == 1 and "cannot pause container 'c1': it is paused" in r.stderr
     assert json.loads(pyrun("ps", "--format", "json", "c1").stdout)     # ps works while paused
+    r = pyrun("exec", "c1", "true", check=False)
+    assert r.returncode == 1 and "it is paused" in r.stderr
     pyrun("resume", "c1")
     assert pyrun.state("c1")["status"] == "running"
     assert cg("freezer", parent, "c1", "freezer.state") == "THAWED"
@@ -115,7 +117,7 @@ def test_pause_resume(pyrun, bundle, parent, tmp_path):
     pyrun("delete", "c1")
 
 
-def test_pause_created_and_delete_force_paused(pyrun, bundle, parent):
+def test_pause_created_delete_force_and_kill_all_paused(pyrun, bundle, parent):
     b = bundle("c1", ["sleep", "100"])
     pyrun("create", "-b", b, "c1")
     pyrun("pause", "c1")                         # runc pauses a created container too
@@ -130,6 +132,15 @@ def test_pause_created_and_delete_force_paused(pyrun, bundle, parent):
     pyrun("delete", "--force", "c1")
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert pyrun("list", "-q").stdout.split() == []
+    # kill --all of a paused container: every process dies, none stays frozen.
+    b = bundle("c2", ["sh", "-c", "sleep 100 & sleep 101 & wait"])
+    pyrun("run", "-d", "-b", b, "c2")
+    wait_for(lambda: len(json.loads(pyrun("ps", "-f", "json", "c2").stdout)) == 3, "three processes")
+    pyrun("pause", "c2")
+    pyrun("kill", "--all", "c2", "KILL")
+    wait_for(lambda: pyrun.state("c2")["status"] == "stopped", "c2 to stop")
+    wait_for(lambda: json.loads(pyrun("ps", "-f", "json", "c2").stdout) == [], "an empty group")
+    pyrun("delete", "c2")
 
 
 def test_pause_without_cgroups(pyrun, bundle):
