@@ -45,11 +45,11 @@ class _OOMWatch:
             self.fd = manager.oom_eventfd()
             self.mask = select.POLLIN
             if self.fd is None:
-                kind, g = manager.backend("memory")
+                _, g = manager.backend("memory")
+                self.count = manager.oom_kill_count()
                 self.events_file = os.path.join(g.dir, "memory.events")
                 self.fd = os.open(self.events_file, os.O_RDONLY | os.O_CLOEXEC)
                 self.mask = select.POLLPRI
-                self.count = manager.oom_kill_count()
         except (FailedPrecondition, FileNotFoundError):
             self.fd = None          # no memory group: no OOM to report
 

@@ -23,7 +23,7 @@ _SECTIONS = {"memory": "memory", "cpu": "cpu", "pids": "pids", "blockIO": "block
              "unified": "unified"}
 _ZERO_IS_A_VALUE = {"swappiness", "idle", "burst"}
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
 def ram_in_bytes(s):
@@ -37,15 +37,11 @@ def ram_in_bytes(s):
         text = text[:-1]
     if text.endswith("i"):
         text = text[:-1]
-    unit = text[-1:] if text[-1:] in _UNITS and text[-1:] else ""
-    number = text[:-1].rstrip() if unit else text
-    try:
-        if not number or not number.replace(".", "", 1).isdigit():
-            raise ValueError
-        value = float(number)
-    except ValueError:
-        raise InvalidArgument(f"invalid size: {s!r}") from None
-    return int(value * _UNITS[unit])
+    scale = _UNITS.get(text[-1:], 1)
+    number = text[:-1].rstrip() if scale > 1 else text
+    if not number.replace(".", "", 1).isdigit():
+        raise InvalidArgument(f"invalid size: {s!r}")
+    return int(float(number) * scale)
 
 
 def _flag_int(name, value, unsigned):
