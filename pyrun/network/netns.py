@@ -159,6 +159,37 @@ def open_fd(netns):
 
 
 @contextlib.contextmanager
+def scratch():
+    """A new, empty, unnamed network namespace for the ``with`` block,
+    given as a path (``/proc/<pid>/task/<tid>/ns/net``) that stays valid
+    while a parked thread holds the namespace; it ends with the block.  No
+    mount is made, so nothing can outlive the process."""
+    ready = threading.Event()
+    done = threading.Event()
+    box = {}
+
+    def park():
+        try:
+            linux.unshare(linux.CLONE_NEWNET)
+            box["path"] = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
+        except BaseException as e:
+            box["error"] = e
+        ready.set()
+        done.wait()
+
+    t = threading.Thread(target=park, name="pyrun-netns-scratch", daemon=True)
+    t.start()
+    ready.wait()
+    try:
+        if "error" in box:
+            raise box["error"]
+        yield box["path"]
+    finally:
+        done.set()
+        t.join()
+
+
+@contextlib.contextmanager
 def entered(netns):
     """Move the calling thread into ``netns`` (path or fd) for the ``with``
     block and back afterwards.  Only this thread moves; processes it starts
