@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -53,6 +54,16 @@ def snapshot(ns=None):
     """Addresses, routes and iptables rules of ``ns`` (None: the host)."""
     return {"addr": _addrs(ns), "route": ip_json(ns, "route"),
             "route6": ip_json(ns, "-6", "route"), "iptables": iptables_save(ns)}
+
+
+def wait_until(cond, timeout=10.0):
+    """Poll ``cond`` until true: the kernel tears a namespace down in a
+    work queue after its last reference goes, not within the unmount."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"still not true after {timeout} s: {cond}")
+        time.sleep(0.02)
 
 
 def nsfs_mounts():

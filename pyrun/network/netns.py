@@ -127,7 +127,8 @@ def create(name, root=DEFAULT_ROOT):
 def delete(name, root=DEFAULT_ROOT):
     """Unpin the namespace ``name`` (lazy unmount) and remove its file.  The
     namespace itself ends once no process or fd holds it any more; its
-    interfaces go with it (veth peers in other namespaces too).
+    interfaces go with it (veth peers in other namespaces too), a moment
+    later: the kernel tears namespaces down in a work queue.
 
     Raises InvalidArgument (bad name), NotFound (no such file under
     ``root``).  Matches ``ip netns delete``.
