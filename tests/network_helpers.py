@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -41,19 +42,30 @@ def iptables_save(ns=None):
     return out
 
 
+# Kernel-managed, time-dependent state is left out: address lifetimes and
+# DAD flags, a route's linkdown flag (carrier), and a bridge's MAC (it
+# follows its ports).
+_VOLATILE = ("valid_life_time", "preferred_life_time", "tentative", "optimistic", "dadfailed")
+
+
 def _addrs(ns):
     keep = []
     for link in ip_json(ns, "addr"):
-        infos = [{k: v for k, v in a.items() if not k.endswith("_life_time")}
+        infos = [{k: v for k, v in a.items() if k not in _VOLATILE}
                  for a in link.get("addr_info", [])]
-        keep.append((link["ifname"], link["mtu"], link.get("address"), json.dumps(infos, sort_keys=True)))
+        keep.append((link["ifname"], link["mtu"], json.dumps(infos, sort_keys=True)))
     return keep
 
 
+def _routes(ns, *args):
+    return [{k: v for k, v in r.items() if k != "flags"} for r in ip_json(ns, *args, "route")]
+
+
 def snapshot(ns=None):
-    """Addresses, routes and iptables rules of ``ns`` (None: the host)."""
-    return {"addr": _addrs(ns), "route": ip_json(ns, "route"),
-            "route6": ip_json(ns, "-6", "route"), "iptables": iptables_save(ns)}
+    """Links with their addresses, routes and iptables rules of ``ns``
+    (None: the host)."""
+    return {"addr": _addrs(ns), "route": _routes(ns), "route6": _routes(ns, "-6"),
+            "iptables": iptables_save(ns)}
 
 
 def wait_until(cond, timeout=10.0):
@@ -81,10 +93,12 @@ def host_untouched():
 
 
 @pytest.fixture
-def ns_root(tmp_path):
+def ns_root():
     """A root directory for named namespaces; at the end every namespace
-    left in it is deleted and its shared mount undone."""
-    root = str(tmp_path / "netns")
+    left in it is deleted and its shared mount undone.  It lives in /run,
+    not in pytest's temp dir: other pytest sessions on the machine detach
+    every mount below /tmp/pytest-of-root when they start (conftest.py)."""
+    root = tempfile.mkdtemp(prefix="pyrun-test-netns-", dir="/run")
     yield root
     for name in netns.list_names(root):
         netns.delete(name, root)
