@@ -31,6 +31,20 @@ class NetworkConfigList(Frozen):
         return {**self.plugins[i], "name": self.name, "cniVersion": self.cni_version}
 
 
+def json_object(data, what):
+    """``data`` (a dict, or JSON bytes/str) as a dict; InvalidArgument
+    naming ``what`` if it is not JSON or not an object."""
+    if isinstance(data, dict):
+        return data
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise InvalidArgument(f"{what}: not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{what}: want a JSON object")
+    return doc
+
+
 def version_tuple(v):
     return tuple(int(x) for x in v.split("."))
 
@@ -38,17 +52,9 @@ def version_tuple(v):
 def parse(data):
     """Parse a conflist (or single-plugin conf) from bytes, str or dict.
     Raises InvalidArgument naming the field that is wrong."""
-    if isinstance(data, dict):
-        doc = data
-        raw = json.dumps(data).encode()
-    else:
-        raw = data.encode() if isinstance(data, str) else bytes(data)
-        try:
-            doc = json.loads(raw)
-        except ValueError as e:
-            raise InvalidArgument(f"CNI network config: not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("CNI network config: want a JSON object")
+    raw = json.dumps(data).encode() if isinstance(data, dict) else \
+        data.encode() if isinstance(data, str) else bytes(data)
+    doc = json_object(data, "CNI network config")
     if "plugins" not in doc and "type" in doc:
         single = {k: v for k, v in doc.items() if k not in ("cniVersion", "name")}
         doc = {"cniVersion": doc.get("cniVersion"), "name": doc.get("name"), "plugins": [single]}

@@ -5,9 +5,9 @@
 cache stores: fields this module does not model survive unchanged.
 """
 import ipaddress
-import json
 
 from pyrun.errdefs import InvalidArgument
+from pyrun.network.cni.config import json_object
 from pyrun.record import Frozen
 
 
@@ -77,15 +77,7 @@ def _list(doc, key):
 def parse(data):
     """Parse a result from bytes, str or dict into a :class:`Result`.
     Raises InvalidArgument naming the bad field."""
-    if isinstance(data, dict):
-        doc = data
-    else:
-        try:
-            doc = json.loads(data)
-        except ValueError as e:
-            raise InvalidArgument(f"CNI result: not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("CNI result: want a JSON object")
+    doc = json_object(data, "CNI result")
     interfaces = []
     for i, it in enumerate(_list(doc, "interfaces")):
         if not isinstance(it, dict) or not isinstance(it.get("name"), str):
