@@ -5,11 +5,10 @@ and VERSION for one plugin.
 An attachment is (network name, container id, interface name).  ADD runs
 the plugins in order, each getting the previous one's result as
 ``prevResult``; the last result is the attachment's, and is cached.  DEL
-runs them in reverse with the cached result, and works when the container's
-namespace is gone (CNI_NETNS is then empty, as containerd's CRI passes it
-for a closed sandbox).  If an ADD fails, the plugins that ran (the failing
-one included) get a DEL, so nothing is left half-attached; the error raised
-is the ADD's.  Plugins run in the caller's network namespace, or in
+runs them in reverse with the cached result, and works when the
+container's namespace is gone (see :func:`detach`).  If an ADD fails, the
+plugins that ran (the failing one included) get a DEL, so nothing is left
+half-attached; the error raised is the ADD's.  Plugins run in the caller's network namespace, or in
 ``host_netns`` if given: that is where e.g. the bridge plugin makes its
 bridge and iptables rules.
 """
@@ -113,12 +112,10 @@ def attach(network, container_id, netns_path, ifname="eth0", args=None, capabili
 
 @contextlib.contextmanager
 def _stand_in(prev, ifname):
-    # The container's namespace is gone.  The bridge plugin (1.1) reads the
-    # addresses whose NAT rules it must remove from the container's
-    # interface, so with no namespace it would leave them behind; lend it a
-    # scratch namespace holding an interface of that name with the cached
-    # addresses.  Without a cached address, CNI_NETNS is empty, as
-    # containerd's CRI passes it for a closed sandbox.
+    # The container's namespace is gone.  The bridge plugin (1.1.1) reads
+    # the addresses whose ipMasq rules it must remove from the container's
+    # interface, not from prevResult, so with no namespace it would leave
+    # them behind.
     res = result.parse(prev) if prev else None
     cidrs = [ip.address for ip in res.ips if ip.interface is not None
              and res.interfaces[ip.interface].name == ifname
@@ -140,7 +137,11 @@ def detach(network, container_id, netns_path, ifname="eth0", args=None, capabili
     cached result as ``prevResult``; ``args`` and ``capability_args``
     default to those cached at ADD.  Works without a cache entry (no
     prevResult) and when ``netns_path`` no longer exists, so it can be
-    repeated.  Forgets the cache entry once every plugin succeeded.
+    repeated: with the namespace gone, the plugins get a scratch namespace
+    holding an interface ``ifname`` with the cached addresses (the bridge
+    plugin finds the NAT rules to remove through them), or an empty
+    CNI_NETNS when nothing is cached, as containerd's CRI passes for a
+    closed sandbox.  Forgets the cache entry once every plugin succeeded.
     Raises as :func:`attach`: the first plugin error (all plugins are still
     called, the others are added as notes).
     """
