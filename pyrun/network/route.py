@@ -52,7 +52,7 @@ def _parse(dst, via, family):
 
 def _change(op, dst, via, dev, metric, netns, family):
     net, gw = _parse(dst, via, family)
-    if via is None and dev is None:
+    if op == "add" and via is None and dev is None:
         raise InvalidArgument(f"route {dst}: give a gateway (via) or a device (dev)")
     attrs = {"dst": str(net.network_address), "dst_len": net.prefixlen,
              "family": socket.AF_INET if net.version == 4 else socket.AF_INET6,
@@ -81,7 +81,8 @@ def add_route(dst, via=None, dev=None, metric=None, netns=None, family=None):
 
 def remove_route(dst, via=None, dev=None, metric=None, netns=None, family=None):
     """Remove the route to ``dst`` (matching ``via``/``dev``/``metric`` if
-    given).  NotFound (ESRCH) if there is none."""
+    given; with none of them, the first route to ``dst``, as ``ip route
+    del``).  NotFound (ESRCH) if there is none."""
     _change("del", dst, via, dev, metric, netns, family)
 
 
@@ -91,16 +92,9 @@ def add_default_route(via, dev=None, metric=None, netns=None):
 
 
 def remove_default_route(via=None, dev=None, metric=None, netns=None, family=4):
-    """Remove the default route of ``family`` (or the one through ``via``)."""
-    fam = ipaddress.ip_address(via).version if via else family
-    if via is None and dev is None:
-        # "ip route del default" needs neither: match on the destination only.
-        net = "0.0.0.0" if fam == 4 else "::"
-        with route_socket(netns) as ipr, errors("delete default route", netns):
-            ipr.route("del", dst=net, dst_len=0, table=RT_TABLE_MAIN,
-                      family=socket.AF_INET if fam == 4 else socket.AF_INET6)
-        return
-    remove_route("default", via, dev, metric, netns, fam)
+    """Remove the default route of ``family`` (the family of ``via`` if
+    given), matching ``via``/``dev``/``metric`` if given."""
+    remove_route("default", via, dev, metric, netns, None if via else family)
 
 
 def list_routes(netns=None, family=None):
