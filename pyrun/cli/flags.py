@@ -101,6 +101,9 @@ def parse(argv, prog, global_flags, commands):
             values.extend(remaining[:need])
             (tail if rest else values).extend(remaining[need:])
             break
+        if rest is not None and fixed and len(values) >= len(fixed):
+            tail = argv[i:]  # after exec's ID (ps's ID), even "-x" is the command's
+            break
         if arg.startswith("-") and arg != "-":
             i = _take(flags, argv, i, out, f"{prog} {verb}")
             continue
