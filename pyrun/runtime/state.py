@@ -79,11 +79,12 @@ class State(Record):
     """What later commands need to know about a container: ``start_time``
     in clock ticks since boot (tells a recycled pid apart), ``created`` in
     RFC 3339 UTC, ``config`` the raw config.json (for poststop hooks),
-    ``cgroup`` what the cgroup manager needs to find its groups again."""
+    ``cgroup`` what the cgroup manager needs to find its groups again,
+    ``traced`` whether create left a trace pipe for start (pyrun.trace)."""
     __slots__ = ("id", "bundle", "rootfs", "pid", "start_time", "status", "created",
-                 "annotations", "config", "cgroup", "owner")
+                 "annotations", "config", "cgroup", "owner", "traced")
     _defaults = {"pid": 0, "start_time": 0, "status": Status.CREATING, "created": "",
-                 "annotations": dict, "config": dict, "cgroup": dict, "owner": ""}
+                 "annotations": dict, "config": dict, "cgroup": dict, "owner": "", "traced": False}
 
     def alive(self):
         return bool(self.pid) and proc_start_time(self.pid) == self.start_time
@@ -188,9 +189,10 @@ class Store:
         return out
 
     def remove(self, cid):
-        """Remove the container's directory (state.json, exec.fifo)."""
+        """Remove the container's directory (state.json, exec.fifo, and
+        the trace files of a traced create)."""
         d = self.dir(cid)
-        for name in ("exec.fifo", "state.json"):
+        for name in ("exec.fifo", "state.json", "trace.fifo", "trace.json"):
             try:
                 os.unlink(os.path.join(d, name))
             except FileNotFoundError:

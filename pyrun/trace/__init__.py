@@ -1,0 +1,46 @@
+"""Teaching mode: record every kernel step that create, start, run, kill
+and delete take (``pyrun --trace``, ``PYRUN_TRACE=1``, or
+:func:`tracing` in the library).
+
+This module is only the switch, and it is all the runtime imports when
+tracing is off: the verbs ask :func:`current` once and do no other work
+when it is None.  The recorder and its output live in
+:mod:`pyrun.trace.tracer`, the wording of the child's steps in
+:mod:`pyrun.trace.steps`.
+"""
+from _contextvars import ContextVar
+
+_tracer = ContextVar("pyrun_tracer", default=None)
+
+
+class _NoSpan:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ``with (NO_SPAN if tr is None else tr.span(...)):`` when a call is traced.
+NO_SPAN = _NoSpan()
+
+
+def current():
+    """The active :class:`~pyrun.trace.tracer.Tracer`, or None (off)."""
+    return _tracer.get()
+
+
+class tracing:
+    """``with tracing(tracer):`` makes ``tracer`` the active one in this
+    context (thread or task), e.g. ``tracing(Tracer(fmt="json"))``."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+        self._token = None
+
+    def __enter__(self):
+        self._token = _tracer.set(self.tracer)
+        return self.tracer
+
+    def __exit__(self, *exc):
+        _tracer.reset(self._token)
