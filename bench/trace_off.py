@@ -23,19 +23,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
 from conftest import make_busybox_rootfs  # noqa: E402
+from interleave import time_interleaved  # noqa: E402
+from run_true import library_runner  # noqa: E402
 from runtime_helpers import make_bundle  # noqa: E402
 
 from pyrun import trace  # noqa: E402
 from pyrun.fsutil import remove_tree  # noqa: E402
-from pyrun.runtime.run import run  # noqa: E402
-from pyrun.runtime.state import Store  # noqa: E402
 from pyrun.trace.tracer import Tracer  # noqa: E402
 
 CLI = "import sys; from pyrun.cli.runc import main; sys.exit(main())"
@@ -67,21 +66,11 @@ def cli_runner(code_dir, root, bundle, env_extra=None):
     return go
 
 
-def library_runner(root, bundle, traced):
-    store = Store(root)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-
+def traced(runner):
+    """``runner`` with tracing on (JSON lines to /dev/null)."""
     def go(cid):
-        saved = os.dup(1)
-        os.dup2(devnull, 1)
-        try:
-            if not traced:
-                return run(store, cid, bundle)
-            with trace.tracing(Tracer("json", path=os.devnull)):
-                return run(store, cid, bundle)
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
+        with trace.tracing(Tracer("json", path=os.devnull)):
+            return runner(cid)
     return go
 
 
@@ -109,22 +98,11 @@ def main():
             "CLI base (no trace code)": cli_runner(base_dir, root("base"), bundle),
             "CLI trace off": cli_runner(TOP, root("off"), bundle),
             "CLI trace on": cli_runner(TOP, root("on"), bundle, on),
-            "library trace off": library_runner(root("liboff"), bundle, False),
-            "library trace on": library_runner(root("libon"), bundle, True),
+            "library trace off": library_runner(root("liboff"), bundle),
+            "library trace on": traced(library_runner(root("libon"), bundle)),
         }
         names = list(runners)
-        times = {name: [] for name in names}
-        for name in names:
-            if runners[name]("warmup") != 0:
-                sys.exit(f"trace_off: {name} failed to run /bin/true")
-        for i in range(opts.reps):
-            k = i % len(names)
-            for name in names[k:] + names[:k]:
-                t0 = time.perf_counter()
-                status = runners[name](f"b{i}")
-                times[name].append((time.perf_counter() - t0) * 1000)
-                if status != 0:
-                    sys.exit(f"trace_off: {name} exited {status} on run {i}")
+        times = time_interleaved(runners, opts.reps, "trace_off")
     finally:
         remove_tree(tmp)
 
