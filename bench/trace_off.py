@@ -11,8 +11,9 @@ All runs interleave round-robin so that they share the machine's noise.
 
 What "off" costs, by construction: in the child (C), ``trace_step`` is one
 ``trace_fd < 0`` test per step; in Python, one ``current()`` look-up (a
-ContextVar get) per verb and per traced call site, and an ``is None``
-test; nothing of pyrun.trace beyond its 40-line switch module is imported.
+thread-local attribute) per verb and per traced call site, and an
+``is None`` test; nothing of pyrun.trace beyond its 50-line switch module
+(built-in imports only) is imported.
 
 Rerun, as root, from the checkout (after bash scripts/setup):
     .venv/bin/python bench/trace_off.py [--reps N] [--base REF]

@@ -81,7 +81,8 @@ def store(tmp_path):
 @pytest.mark.root
 def test_run_traces_every_step_in_order(tmp_path, busybox_rootfs, store):
     b = str(tmp_path / "bundle")
-    make_bundle(b, busybox_rootfs, ["true"], hostname="traced")
+    make_bundle(b, busybox_rootfs, ["true"], hostname="traced",
+                hooks={"createRuntime": [{"path": "/bin/true", "args": ["true", "hook"]}]})
     out = str(tmp_path / "trace.jsonl")
     with trace.tracing(Tracer("json", path=out)):
         assert run(store, "t1", b) == 0
@@ -94,6 +95,8 @@ def test_run_traces_every_step_in_order(tmp_path, busybox_rootfs, store):
     i = _index(ev, "init", 'mount(NULL, "/", NULL, MS_REC|MS_SLAVE, NULL)', i)
     i = _index(ev, "init", 'mount("proc", "/proc", "proc"', i)
     i = _index(ev, "init", 'mknodat("/dev/null", S_IFCHR|0666, makedev(1, 3))', i)
+    i = _index(ev, "runtime", "fork + execve('/bin/true', ['true', 'hook'])", i)
+    assert ev[i]["result"] == "exit status 0" and ev[i]["phase"] == "hooks"
     i = _index(ev, "init", 'pivot_root(".", ".")', i)
     assert any("umount2" in c for c in ev[i]["then"])
     i = _index(ev, "init", "keyctl(KEYCTL_JOIN_SESSION_KEYRING", i)

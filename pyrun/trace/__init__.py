@@ -8,9 +8,12 @@ when it is None.  The recorder and its output live in
 :mod:`pyrun.trace.tracer`, the wording of the child's steps in
 :mod:`pyrun.trace.steps`.
 """
-from _contextvars import ContextVar
+from _thread import _local
 
-_tracer = ContextVar("pyrun_tracer", default=None)
+# Per thread, as the daemon runs containers from several threads at once.
+# (_thread is built in; contextvars would load a shared library on every
+# CLI call, tracing or not.)
+_state = _local()
 
 
 class _NoSpan:
@@ -27,20 +30,21 @@ NO_SPAN = _NoSpan()
 
 def current():
     """The active :class:`~pyrun.trace.tracer.Tracer`, or None (off)."""
-    return _tracer.get()
+    return getattr(_state, "tracer", None)
 
 
 class tracing:
     """``with tracing(tracer):`` makes ``tracer`` the active one in this
-    context (thread or task), e.g. ``tracing(Tracer(fmt="json"))``."""
+    thread, e.g. ``tracing(Tracer(fmt="json"))``; None switches it off."""
 
     def __init__(self, tracer):
         self.tracer = tracer
-        self._token = None
+        self._saved = None
 
     def __enter__(self):
-        self._token = _tracer.set(self.tracer)
+        self._saved = current()
+        _state.tracer = self.tracer
         return self.tracer
 
     def __exit__(self, *exc):
-        _tracer.reset(self._token)
+        _state.tracer = self._saved

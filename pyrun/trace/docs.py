@@ -42,7 +42,8 @@ NOTES = [
     ("sethostname(", "The UTS namespace is new, so the hostname can change without touching the host's."),
     ("MS_REC|MS_SLAVE", "First make every mount in the new namespace a slave: mounts made from now on "
                         "cannot propagate back to the host."),
-    ("MS_BIND|MS_REC, NULL) = ", ""),
+    ("rootfs\", NULL, MS_BIND|MS_REC", "pivot_root needs the new root to be a mount point: the "
+                                        "rootfs is bound onto itself."),
     ("O_DIRECTORY", "The runtime keeps the root open as a directory fd; every later path is resolved "
                     "beneath it (openat2 with RESOLVE_IN_ROOT), so a symlink in the image cannot "
                     "point a mount outside the rootfs (CVE-2021-30465)."),
@@ -57,7 +58,6 @@ NOTES = [
     ("symlinkat(\"/proc/self/fd\"", "The usual /dev links to the process's own fds."),
     ("pivot_root(", "pivot_root makes the rootfs the new `/`; the old root, the host's whole tree, is "
                     "then made a slave and detached: nothing of the host's filesystem is reachable."),
-    ("MS_REMOUNT|MS_BIND|MS_RDONLY, NULL) = ", ""),
     ("\"/\", NULL, MS_REMOUNT", "`root.readonly`: the container's / becomes read-only."),
     ("\"/proc/bus\"", "`linux.readonlyPaths`: parts of /proc that could change the host's kernel "
                       "state are bound onto themselves read-only."),
@@ -247,9 +247,10 @@ def render(verbs):
                 lines += [f"### {phase}", "", f"> {PHASES.get(phase, '')}", ""]
             n += 1
             lines.append(f"{n}. `{e.calls[0]}` = {e.outcome()}")
-            lines.append(f"   *{_who(e)}, +{(e.t_ns - t0) // 1000} µs*")
+            # Two trailing spaces: a markdown line break.
+            lines.append(f"   *{_who(e)}, +{(e.t_ns - t0) // 1000} µs*  ")
             for c in e.calls[1:]:
-                lines.append(f"   then `{c}`")
+                lines.append(f"   then `{c}`  ")
             for i, (needle, note) in enumerate(NOTES):
                 if needle in e.calls[0]:
                     if note and i not in used:
