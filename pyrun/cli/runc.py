@@ -110,6 +110,45 @@ def cmd_run(args):
                detach=args.detach, keep=args.keep)
 
 
+def cmd_exec(args):
+    from pyrun.errdefs import InvalidArgument
+    from pyrun.runtime import foreground
+    from pyrun.runtime.exec import exec_process, process_for_exec
+
+    if args.apparmor:
+        raise InvalidArgument("--apparmor: AppArmor is not enabled on this host")
+    store = _store(args)
+    process_json = None
+    if args.process:
+        from pyrun.jsonio import loads
+        try:
+            with open(args.process, "rb") as f:
+                process_json = loads(f.read())
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"--process {args.process}: {e}") from None
+    proc = process_for_exec(store.load(args.id), args.args, process_json=process_json,
+                            env=args.env, cwd=args.cwd, user=args.user,
+                            additional_gids=args.additional_gids, caps=args.cap,
+                            no_new_privs=args.no_new_privs, tty=args.tty)
+    relay = theirs = None
+    if proc.terminal and args.console_socket is None:
+        if args.detach:
+            raise InvalidArgument("a detached exec with a terminal needs --console-socket")
+        relay, theirs = foreground.console_pair()
+    try:
+        pid = exec_process(store, args.id, proc, console_socket=args.console_socket,
+                           console_fd=theirs.fileno() if theirs else None,
+                           pid_file=args.pid_file, preserve_fds=args.preserve_fds)
+    finally:
+        if theirs is not None:
+            theirs.close()
+    if args.detach:
+        return 0
+    master = foreground.receive_master(relay) if relay is not None else None
+    with foreground.forwarding(pid):
+        return foreground.wait(pid, master)
+
+
 def cmd_start(args):
     from pyrun.runtime.start import start
     start(_store(args), args.id)
@@ -161,7 +200,7 @@ def cmd_features(args):
 
 
 VERBS = {
-    "spec": cmd_spec, "create": cmd_create, "run": cmd_run, "start": cmd_start,
+    "spec": cmd_spec, "create": cmd_create, "run": cmd_run, "exec": cmd_exec, "start": cmd_start,
     "state": cmd_state, "kill": cmd_kill, "delete": cmd_delete, "list": cmd_list,
     "features": cmd_features,
 }

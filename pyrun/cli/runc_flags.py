@@ -1,25 +1,8 @@
-"""runc's command-line flags as data, apart from the verbs that use them
-(as youki's liboci-cli), and a small parser for them.
-
-argparse is not used: importing it (and ``re`` behind it) costs more than
-a container start, and every ``pyrun`` call would pay it.  Flags follow
-runc's (urfave/cli) conventions: ``--flag value``, ``--flag=value``,
-``-flag value``, short aliases, flags before or after positionals.
-"""
-from pyrun.errdefs import InvalidArgument
-
-
-class Flag:
-    __slots__ = ("names", "dest", "takes_value", "default", "help", "convert")
-
-    def __init__(self, names, help, takes_value=False, default=None, convert=str):
-        self.names = names
-        self.dest = names[0].lstrip("-").replace("-", "_")
-        self.takes_value = takes_value
-        self.default = default if takes_value else bool(default)
-        self.help = help
-        self.convert = convert
-
+"""runc's command-line flags and verbs as data (as youki's liboci-cli),
+apart from the verbs that use them (pyrun/cli/runc.py).  The parser is
+:mod:`pyrun.cli.flags`."""
+from pyrun.cli import flags as _flags
+from pyrun.cli.flags import Flag
 
 GLOBAL = [
     Flag(("--root",), "state directory", True, "/run/pyrun"),
@@ -45,7 +28,7 @@ CREATE = [
 ]
 
 # verb -> (summary, positionals [(name, required)], flags)
-VERBS = {
+VERBS = {k if isinstance(k, tuple) else (k,): v for k, v in {
     "spec": ("write a default config.json", [],
              [Flag(("--bundle", "-b"), "where to write config.json", True, "."),
               Flag(("--rootless",), "a spec for a rootless container")]),
@@ -53,6 +36,24 @@ VERBS = {
     "run": ("create and start a container, wait for it, delete it", [("id", True)],
             CREATE + [Flag(("--detach", "-d"), "do not wait for the container"),
                       Flag(("--keep",), "do not delete the container after it exits")]),
+    "exec": ("run a new process in a running container", [("id", True), ("args", "rest")],
+             [Flag(("--process", "-p"), "a process.json to run instead of ARGS", True, None),
+              Flag(("--tty", "-t"), "give the process a terminal"),
+              Flag(("--console-socket",), "unix socket that receives the pty master", True, None),
+              Flag(("--detach", "-d"), "do not wait for the process"),
+              Flag(("--pid-file",), "write the process's pid to this file", True, None),
+              Flag(("--cwd",), "working directory in the container", True, None),
+              Flag(("--env", "-e"), "set KEY=VALUE (repeatable)", multiple=True, default=[]),
+              Flag(("--user", "-u"), "uid[:gid]", True, None),
+              Flag(("--additional-gids", "-g"), "an additional gid (repeatable)", multiple=True,
+                   default=[]),
+              Flag(("--cap", "-c"), "add a capability (repeatable)", multiple=True, default=[]),
+              Flag(("--no-new-privs",), "set no_new_privs"),
+              Flag(("--preserve-fds",), "pass N extra fds (from fd 3)", True, 0, int),
+              Flag(("--cgroup",), "accepted for runc compatibility (the container's cgroup is used)",
+                   True, None),
+              Flag(("--process-label",), "accepted; no effect without SELinux", True, None),
+              Flag(("--apparmor",), "AppArmor profile (refused: not enabled here)", True, None)]),
     "start": ("start a created container", [("id", True)], []),
     "state": ("print a container's state JSON", [("id", True)], []),
     "kill": ("send a signal (default SIGTERM) to a container",
@@ -64,105 +65,16 @@ VERBS = {
              [Flag(("--format", "-f"), "table or json", True, "table"),
               Flag(("--quiet", "-q"), "print ids only")]),
     "features": ("print what this runtime supports (JSON)", [], []),
-}
+}.items()}
 
 
-class Args:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
-def _lookup(flags, arg):
-    name, eq, value = arg.partition("=")
-    if not name.startswith("--") and len(name) > 2:
-        name = "-" + name  # runc accepts -flag for --flag
-    for f in flags:
-        if name in f.names:
-            return f, (value if eq else None)
-    return None, None
-
-
-def _take(flags, argv, i, out, where):
-    f, value = _lookup(flags, argv[i])
-    if f is None:
-        raise InvalidArgument(f"{where}: unknown flag {argv[i]!r} (see --help)")
-    if f.takes_value:
-        if value is None:
-            if i + 1 >= len(argv):
-                raise InvalidArgument(f"{where}: {f.names[0]} needs a value")
-            i += 1
-            value = argv[i]
-        try:
-            out[f.dest] = f.convert(value)
-        except ValueError:
-            raise InvalidArgument(f"{where}: {f.names[0]}: bad value {value!r}") from None
-    else:
-        out[f.dest] = value not in ("false", "0") if value is not None else True
-    return i + 1
 
 
 def parse(argv):
-    """Parse ``argv`` (without the program name) into an :class:`Args`
-    with ``verb`` set (None for no verb).  Raises InvalidArgument."""
-    out = {f.dest: f.default for f in GLOBAL}
-    i = 0
-    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
-        i = _take(GLOBAL, argv, i, out, "pyrun")
-    if i >= len(argv):
-        out["verb"] = None
-        return Args(**out)
-    verb = argv[i]
-    if verb not in VERBS:
-        raise InvalidArgument(f"unknown command {verb!r} (see pyrun --help)")
-    out["verb"] = verb
-    _, positionals, flags = VERBS[verb]
-    flags = flags + [Flag(("--help", "-h"), "show help")]
-    out.update({f.dest: f.default for f in flags})
-    values = []
-    i += 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            values.extend(argv[i + 1:])
-            break
-        if arg.startswith("-") and arg != "-" and not (values and len(values) >= len(positionals)):
-            i = _take(flags, argv, i, out, f"pyrun {verb}")
-            continue
-        values.append(arg)
-        i += 1
-    if out.get("help"):
-        return Args(**out)
-    for n, (name, required) in enumerate(positionals):
-        if n < len(values):
-            out[name] = values[n]
-        elif required:
-            raise InvalidArgument(f"pyrun {verb}: missing the {name} argument")
-        else:
-            out[name] = None
-    if len(values) > len(positionals):
-        raise InvalidArgument(f"pyrun {verb}: unexpected argument {values[len(positionals)]!r}")
-    return Args(**out)
-
-
-def _flag_lines(flags):
-    lines = []
-    for f in flags:
-        names = ", ".join(f.names) + (" VALUE" if f.takes_value else "")
-        default = f" (default {f.default})" if f.takes_value and f.default not in (None, "") else ""
-        lines.append(f"  {names:<28} {f.help}{default}")
-    return lines
+    """Parse ``pyrun``'s argv (without the program name)."""
+    return _flags.parse(argv, "pyrun", GLOBAL, VERBS)
 
 
 def usage(verb=None):
-    if verb is None:
-        lines = ["usage: pyrun [global flags] COMMAND [flags] [args]", "",
-                 "pyrun: an OCI runtime with runc's command line", "", "commands:"]
-        lines += [f"  {name:<10} {summary}" for name, (summary, _, _) in VERBS.items()]
-        lines += ["", "global flags:"] + _flag_lines(GLOBAL)
-    else:
-        summary, positionals, flags = VERBS[verb]
-        args = " ".join(n.upper() if r else f"[{n.upper()}]" for n, r in positionals)
-        lines = [f"usage: pyrun {verb} [flags] {args}".rstrip(), "", summary]
-        if flags:
-            lines += ["", "flags:"] + _flag_lines(flags)
-    return "\n".join(lines) + "\n"
+    return _flags.usage("pyrun", "pyrun: an OCI runtime with runc's command line", GLOBAL, VERBS,
+                        verb)

@@ -15,7 +15,7 @@ from pyrun.oci.validate import validate
 from pyrun.runtime import plan as planner
 from pyrun.runtime.hooks import run_hooks
 from pyrun.runtime.spawn import Child
-from pyrun.runtime.state import State, Status, now_rfc3339, proc_start_time
+from pyrun.runtime.state import State, Status, now_rfc3339, proc_start_time, unmount_own
 
 
 def load_bundle(bundle):
@@ -51,14 +51,18 @@ def _write_id_maps(pid, spec, tr=None):
 
 
 def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file=None,
-           no_pivot=False, no_new_keyring=False, preserve_fds=0, cgroup_manager=None):
+           no_pivot=False, no_new_keyring=False, preserve_fds=0, cgroup_manager=None,
+           stdio=None):
     """Create container ``cid`` from the OCI bundle at ``bundle``.
 
     ``console_socket``: path of a unix socket that receives the pty master
     (SCM_RIGHTS) when ``process.terminal`` is set; ``console_fd``: an
     already connected one.  ``preserve_fds``: number of fds after stdio
-    passed on to the container (runc ``--preserve-fds``).  Returns the
-    saved :class:`State` (status created).
+    passed on to the container (runc ``--preserve-fds``).  ``stdio``:
+    (stdin, stdout, stderr) fds for the container's process; None, or -1 in
+    a slot, keeps the caller's own fd 0/1/2 (runc's pass-through).  The
+    caller keeps and closes its fds.  Returns the saved :class:`State`
+    (status created).
 
     Raises NotFound (bundle), InvalidArgument (config), AlreadyExists (id),
     StepError (a step of the child stage failed), HookError.
@@ -85,6 +89,9 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
     created_cgroup = False
     st = State(id=cid, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
                annotations=dict(spec.annotations), config=raw)
+    if spec.linux.namespace("mount") is None:
+        from pyrun.fsutil import mounts_under
+        st.host_mounts = mounts_under(rootfs)
     try:
         fifo = store.fifo(cid)
         os.mkfifo(fifo, 0o622)
@@ -112,12 +119,22 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             cgroup_manager.create()
             created_cgroup = True
             st.cgroup = cgroup_manager.describe()
+        if stdio is not None:
+            moved = []
+            for fd in stdio:
+                if fd is None or fd < 0:
+                    moved.append(-1)
+                else:
+                    moved.append(planner.high_fd(os.dup(fd), low))
+                    fds.append(moved[-1])
+            stdio = tuple(moved)
         inp = planner.Inputs(
             bundle=bundle, rootfs=rootfs, fifo_fd=fifo_fd,
             console_fd=console_fd if console_fd is not None else -1,
             preserve_fds=preserve_fds, no_pivot=no_pivot, no_new_keyring=no_new_keyring,
             container_id=cid, join_cgroup=cgroup_manager is not None,
             cgroup_paths=cgroup_manager.mount_sources() if cgroup_manager is not None else {},
+            stdio=stdio,
         )
         plan = planner.build(spec, inp)
         fds.extend(plan.ns_fds.values())
@@ -160,6 +177,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
     except BaseException:
         if child is not None:
             child.kill()
+        unmount_own(st)
         if created_cgroup:
             try:
                 cgroup_manager.destroy()

@@ -6,7 +6,7 @@ import select
 from pyrun import linux, trace
 from pyrun.oci import spec as ocispec
 from pyrun.runtime.hooks import run_hooks
-from pyrun.runtime.state import Status, proc_start_time, require
+from pyrun.runtime.state import Status, proc_start_time, require, unmount_own
 
 
 def wait_gone(pid, start_time, timeout=10.0):
@@ -43,6 +43,7 @@ def delete(store, cid, force=False, cgroup_manager=None):
         if cgroup_manager is None and st.cgroup:
             from pyrun.runtime.cgroup import manager_from_state
             cgroup_manager = manager_from_state(st)
+        unmount_own(st)
         if cgroup_manager is not None:
             cgroup_manager.destroy()
         hooks = ()

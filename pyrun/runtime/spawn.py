@@ -106,8 +106,12 @@ def _build(plan, sync_fd, trace_fd):
 class Child:
     """The cloned child stage, from the parent's side."""
 
-    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1):
+    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1, until_exec=False):
+        """``until_exec``: the plan ends in execve with no exec fifo (exec);
+        the sync socket closing without an error message means the execve
+        happened."""
         self.plan = plan
+        self.until_exec = until_exec
         self.on_sync = on_sync
         self.pid = None
         self.pidfd = -1
@@ -147,6 +151,8 @@ class Child:
         while True:
             data = self.sock.recv(_MSG.size)
             if not data:
+                if self.until_exec and self.pid is not None:
+                    return
                 status = self._reap_any()
                 raise StepError(errno.EPIPE,
                                 f"the container init exited during create (status {status})")

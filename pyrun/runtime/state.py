@@ -79,12 +79,16 @@ class State(Record):
     """What later commands need to know about a container: ``start_time``
     in clock ticks since boot (tells a recycled pid apart), ``created`` in
     RFC 3339 UTC, ``config`` the raw config.json (for poststop hooks),
-    ``cgroup`` what the cgroup manager needs to find its groups again,
-    ``traced`` whether create left a trace pipe for start (pyrun.trace)."""
+    ``cgroup`` what the cgroup manager needs to find its groups again;
+    ``host_mounts``, for a container without its own mount namespace, the
+    mount points under the rootfs that were there before it (the others
+    are its own, unmounted on delete); ``traced`` whether create left a
+    trace pipe for start (pyrun.trace)."""
     __slots__ = ("id", "bundle", "rootfs", "pid", "start_time", "status", "created",
-                 "annotations", "config", "cgroup", "owner", "traced")
+                 "annotations", "config", "cgroup", "owner", "host_mounts", "traced")
     _defaults = {"pid": 0, "start_time": 0, "status": Status.CREATING, "created": "",
-                 "annotations": dict, "config": dict, "cgroup": dict, "owner": "", "traced": False}
+                 "annotations": dict, "config": dict, "cgroup": dict, "owner": "",
+                 "host_mounts": None, "traced": False}
 
     def alive(self):
         return bool(self.pid) and proc_start_time(self.pid) == self.start_time
@@ -105,6 +109,26 @@ class State(Record):
         if self.annotations:
             out["annotations"] = self.annotations
         return out
+
+
+def unmount_own(st):
+    """Detach the mounts a container without a mount namespace made in
+    the caller's namespace under its rootfs, deepest first."""
+    if st.host_mounts is None:
+        return
+    from pyrun import linux, trace
+    from pyrun.fsutil import mounts_under
+
+    tr = trace.current()
+    keep = set(st.host_mounts)
+    for m in mounts_under(st.rootfs):
+        if m not in keep:
+            try:
+                with (trace.NO_SPAN if tr is None else
+                      tr.span("cleanup", f"umount2(\"{m}\", MNT_DETACH)")):
+                    linux.umount2(m, linux.MNT_DETACH)
+            except OSError:
+                pass
 
 
 def now_rfc3339():

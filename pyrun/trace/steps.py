@@ -108,6 +108,11 @@ def child_calls(op, spec=None):
         return [f"pivot_root(\".\", \".\") in {op.s1}",
                 "mount(NULL, \".\", NULL, MS_SLAVE|MS_REC, NULL) on the old root",
                 "umount2(\".\", MNT_DETACH): the old root (the host's /) is gone"]
+    if k == "CHROOT":
+        return [f"chdir({_q(op.s1)})", "chroot(\".\"): no mount namespace, so no pivot_root",
+                "chdir(\"/\")"]
+    if k == "STDIO":
+        return [f"dup3(fd, 0|1|2) for stdin, stdout, stderr from fds {[op.n1, op.n2, op.n3]} (-1: kept)"]
     if k == "MOVE_ROOT":
         return [f"mount({_q(op.s1)}, \"/\", NULL, MS_MOVE, NULL)", "chroot(\".\")"]
     if k == "MASK":
