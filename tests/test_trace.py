@@ -209,3 +209,24 @@ def test_doc_matches_a_fresh_trace(tmp_path):
     fresh = docs.trace_steps(docs.trace_lifecycle(str(tmp_path)))
     assert documented, "no steps found in the document"
     assert documented == fresh
+
+
+@pytest.mark.root
+def test_delete_without_mount_namespace_traces_its_unmounts(tmp_path, busybox_rootfs):
+    import shutil
+
+    from pyrun.fsutil import mounts_under
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+    b = tmp_path / "bundle"
+    make_bundle(b, str(rootfs), ["sleep", "100"], linux_namespaces=[{"type": "pid"}], hostname="",
+                root={"path": str(rootfs), "readonly": False})
+    p = Pyrun(tmp_path / "state")
+    try:
+        r = p("--trace", "create", "-b", str(b), "c1")
+        assert f'chroot("{rootfs}")' in r.stderr and "pivot_root(" not in r.stderr
+        r = p("--trace", "delete", "c1")
+        assert f'umount2("{rootfs}/proc", MNT_DETACH) = 0' in r.stderr
+    finally:
+        p.cleanup()
+    assert mounts_under(str(rootfs)) == []

@@ -109,8 +109,8 @@ def child_calls(op, spec=None):
                 "mount(NULL, \".\", NULL, MS_SLAVE|MS_REC, NULL) on the old root",
                 "umount2(\".\", MNT_DETACH): the old root (the host's /) is gone"]
     if k == "CHROOT":
-        return [f"chdir({_q(op.s1)})", "chroot(\".\"): no mount namespace, so no pivot_root",
-                "chdir(\"/\")"]
+        return [f"chroot({_q(op.s1)}) (as chdir there, chroot(\".\"), chdir(\"/\")): "
+                "no mount namespace, so no pivot_root"]
     if k == "STDIO":
         return [f"dup3(fd, 0|1|2) for stdin, stdout, stderr from fds {[op.n1, op.n2, op.n3]} (-1: kept)"]
     if k == "MOVE_ROOT":
