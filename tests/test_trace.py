@@ -110,6 +110,8 @@ def test_run_traces_every_step_in_order(tmp_path, busybox_rootfs, store):
     i = _index(ev, "runtime", "write(exec.fifo", i)
     i = _index(ev, "init", "read(exec.fifo)", i)
     i = _index(ev, "init", "execve(\"true\" (found in PATH), ['true']", i)
+    i = _index(ev, "runtime", f"wait4({init_pid})", i)
+    assert ev[i]["result"] == "exit status 0" and ev[i]["verb"] == "run t1"
     i = _index(ev, "runtime", "unlink + rmdir(", i)
     for e in ev:
         assert e["errno"] is None, e
@@ -176,7 +178,7 @@ def test_cli_trace_goes_to_stderr_or_file_never_stdout(tmp_path, busybox_rootfs)
     r = p("run", "-b", b, "c2", env=env)
     assert r.stdout == "hello\n" and r.stderr == ""
     verbs = {e["verb"] for e in _calls(out)}
-    assert verbs == {"create c2", "start c2", "delete c2"}
+    assert verbs == {"create c2", "start c2", "run c2", "delete c2"}
 
 
 @pytest.mark.root
