@@ -9,6 +9,8 @@ GLOBAL = [
     Flag(("--log",), "log file (errors are also written to stderr)", True, ""),
     Flag(("--log-format",), "log format: text or json", True, "text"),
     Flag(("--debug",), "log debug messages"),
+    Flag(("--trace",), "teaching mode: print every kernel step to stderr (also PYRUN_TRACE=1)"),
+    Flag(("--trace-format",), "trace format: text or json (also PYRUN_TRACE=json)", True, ""),
     Flag(("--systemd-cgroup",), "manage cgroups through systemd (needs a running systemd)"),
     Flag(("--rootless",), "accepted for runc compatibility", True, "auto"),
     Flag(("--criu",), "accepted for runc compatibility", True, ""),
