@@ -559,8 +559,9 @@ class _Applier:
 
     def _init_dir(self, parts, pfd, base, opaque):
         # A directory the layer needs but does not list: in overlay mode it
-        # takes the lower layer's metadata, as overlayfs's copy-up would.
-        found = self._lookup_lower(parts)
+        # takes the lower layer's metadata, as overlayfs's copy-up would,
+        # unless this layer deleted the lower one (``opaque``).
+        found = None if opaque else self._lookup_lower(parts)
         if found is not None and stat.S_ISDIR(found[2].st_mode):
             lfd, lname, lst = found
             try:
@@ -582,15 +583,19 @@ class _Applier:
     # -- lower layers (overlay mode) -------------------------------------
 
     def _lookup_lower(self, parts):
-        """The entry ``parts`` names in the union of the lower dirs, looked
-        up as overlayfs does: per component, nearest layer first, stopping
-        at a whiteout, a non-directory or an opaque directory.  Returns
-        ``(fd of its parent dir in that layer, name, stat)``, the fd the
-        caller's to close, or None."""
-        for lfd in self.lower_fds:
+        """The entry ``parts`` names in the union of the lower dirs, seen
+        through what the root holds so far and looked up as overlayfs does:
+        per component, nearest layer first, stopping at a whiteout, a
+        non-directory or an opaque directory.  (In the root only the
+        parents count: its own entry at ``parts`` is what the caller
+        makes.)  Returns ``(fd of its parent dir in that layer, name,
+        stat)``, the fd the caller's to close, or None."""
+        if not self.lower_fds or not parts:
+            return None
+        for layer, lfd in enumerate([self.root_fd, *self.lower_fds]):
             dfd, opaque = os.dup(lfd), False
             try:
-                for i, comp in enumerate(parts):
+                for i, comp in enumerate(parts if layer else parts[:-1]):
                     st = _lstat(comp, dfd)
                     if st is None:
                         break
@@ -612,33 +617,22 @@ class _Applier:
                 return None
         return None
 
-    def _visible_dir(self, parts):
-        """Whether the merged view of the root over the lower dirs has a
-        directory at ``parts`` (no symlinks followed)."""
-        if self._lookup_dir(parts) is not None:
-            return True
-        # Not all of it is in the root: a whiteout, non-directory or opaque
-        # directory on the way hides the lower layers.
-        fd = os.dup(self.root_fd)
-        try:
-            for comp in parts:
-                st = _lstat(comp, fd)
-                if st is None:
-                    break
-                if not stat.S_ISDIR(st.st_mode):
-                    return False
-                sub = os.open(comp, _PATH_DIR | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = sub
-                if _is_opaque(fd):
-                    return False
-        finally:
-            os.close(fd)
+    def _lower_exists(self, parts, want_dir=False):
         found = self._lookup_lower(parts)
         if found is None:
             return False
         os.close(found[0])
-        return stat.S_ISDIR(found[2].st_mode)
+        return stat.S_ISDIR(found[2].st_mode) or not want_dir
+
+    def _visible_dir(self, parts):
+        """Whether the merged view of the root over the lower dirs has a
+        directory at ``parts``."""
+        if self._lookup_dir(parts) is not None:
+            return True
+        pfd = self._lookup_dir(parts[:-1])
+        if pfd is not None and _lstat(parts[-1], pfd) is not None:
+            return False  # the root holds a non-directory there
+        return self._lower_exists(parts, want_dir=True)
 
     def _copy_meta(self, sfd, sname, st, dfd, dname, key):
         os.chown(dname, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
@@ -659,7 +653,7 @@ class _Applier:
     def _copy_up(self, parts):
         """Copy the lower layers' entry at ``parts`` into the root (for a
         hard link to it).  Returns (parent fd, stat) or None."""
-        found = self._lookup_lower(parts) if parts else None
+        found = self._lookup_lower(parts)
         if found is None:
             return None
         lfd, lname, lst = found
@@ -713,8 +707,14 @@ class _Applier:
                 os.setxattr(_proc(dfd, target), OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
                 self._prune_at(dfd, target, parts)
             return
-        if self.lower_fds and not self._visible_dir(dir_parts):
-            return  # nothing below to hide; do not create the directory
+        if self.lower_fds and not self._lower_exists(parts):
+            # Nothing below to hide.  A whiteout here could only land in a
+            # directory overlayfs does not merge, whose listing would show it.
+            dfd = self._lookup_dir(dir_parts)
+            st = _lstat(target, dfd) if dfd is not None else None
+            if st is not None:  # copied up for a hard link
+                self._remove(dfd, target, st)
+            return
         dfd = self._parent(dir_parts, name)
         st = _lstat(target, dfd)
         if st is not None:
@@ -742,9 +742,14 @@ class _Applier:
         for lfd in self.lower_fds:
             names.update(os.listdir(lfd))
         for n in sorted(names):
-            if self._ours(n):
-                continue
             st = _lstat(n, self.root_fd)
+            if self._ours(n):
+                # Keep what this layer wrote, hide the lower directory.
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    os.setxattr(_proc(self.root_fd, n), OVERLAY_OPAQUE_XATTR, b"y",
+                                follow_symlinks=False)
+                    self._prune_at(self.root_fd, n, (n,))
+                continue
             if st is not None:
                 if _is_whiteout(st):
                     continue
@@ -783,7 +788,14 @@ class _Applier:
     def _dir_meta(self, fd, ti, key):
         os.fchown(fd, ti.uid, ti.gid)
         os.fchmod(fd, ti.mode & 0o7777)
-        _set_xattrs(fd, _xattrs(ti), ti.name)
+        xattrs = dict(_xattrs(ti))
+        # An entry for a directory that exists says all of its metadata:
+        # xattrs it does not list go, as they would in overlay mode, where
+        # the entry makes a new upper directory (overlayfs's own stay).
+        for name in os.listxattr(fd):
+            if name not in xattrs and not name.startswith(_FORBIDDEN_XATTRS):
+                os.removexattr(fd, name)
+        _set_xattrs(fd, xattrs.items(), ti.name)
         self.dir_times[key] = _times(ti)
 
     def _create(self, tf, ti, parts):
@@ -799,7 +811,9 @@ class _Applier:
             return
         opaque = False
         if st is not None:
-            opaque = self.overlay and ti.isdir() and _is_whiteout(st)
+            # A directory in place of a whiteout, or of a file that hid the
+            # lower directory: nothing of the lower one may show through.
+            opaque = self.overlay and ti.isdir()
             self._remove(pfd, base, st)  # pfd stays valid: base is not on its path
         if ti.isdir():
             self._mkdir(pfd, base, name)
