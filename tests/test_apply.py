@@ -448,7 +448,7 @@ def random_layer(rng, seen_files):
     entries = []
     for _ in range(rng.randint(3, 10)):
         d, leaf = dirpath(), rng.choice("f0 f1 f2".split())
-        kind = rng.choice("file file dir sym link wh wh opq over root".split())
+        kind = rng.choice("file file dir sym fifo link link wh wh opq over root".split())
         if kind in ("file", "over"):  # "over": a file where directories go
             path = f"{d}/{leaf}" if kind == "file" else d
             entries.append(file(path, rng.randbytes(rng.randint(0, 3)), pax=xattrs(),
@@ -460,6 +460,10 @@ def random_layer(rng, seen_files):
             entries.append(opaque("."))
         elif kind == "sym":
             entries.append(symlink(f"{d}/{leaf}", rng.choice(["f0", "../x", "/d0/f1"])))
+            seen_files.append(f"{d}/{leaf}")
+        elif kind == "fifo":
+            entries.append(node(f"{d}/{leaf}", tarfile.FIFOTYPE, pax=xattrs()))
+            seen_files.append(f"{d}/{leaf}")
         elif kind == "link" and seen_files:
             entries.append(hardlink(f"{d}/{leaf}", rng.choice(seen_files)))
         elif kind == "wh":
