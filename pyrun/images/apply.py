@@ -68,8 +68,6 @@ _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EAC
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE)
 _NODES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
           tarfile.FIFOTYPE: stat.S_IFIFO}
-_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-               tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 
 
 @dataclass(frozen=True)
@@ -181,39 +179,30 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
                         raw.size if compute_digest else None)
 
 
-class _TarInfo(tarfile.TarInfo):
-    # tarfile.next() takes a bad or truncated header after the first one
-    # for the end of the archive; remember it so that we can refuse it.
-    # And bound the records tarfile reads into memory whole.
-
-    @classmethod
-    def fromtarfile(cls, tf):
-        try:
-            return super().fromtarfile(tf)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
-            tf.pyrun_bad_header = e
-            raise
-
-    def _proc_member(self, tf):
-        if self.type in _META_TYPES and self.size > MAX_HEADER_DATA:
-            raise InvalidArgument(f"tar header record of {self.size} bytes after entry "
-                                  f"at offset {self.offset} (limit {MAX_HEADER_DATA})")
-        return super()._proc_member(tf)
-
-
 class _Padded:
-    # The tar stream, zero-padded at its very end to a whole 512-byte
-    # block: ``umoci insert`` ends its tar right after the last file's data,
-    # which Go's archive/tar (containerd) takes but tarfile does not.  The
-    # padding is added above the digest, so the diffID stays the stream's.
-    # ``real`` counts the bytes that really came.
+    # The tar stream as tarfile reads it.
+    #
+    # Zero-padded at its very end to a whole 512-byte block: ``umoci
+    # insert`` ends its tar right after the last file's data, which Go's
+    # archive/tar (containerd) takes but tarfile does not.  The padding is
+    # added above the digest, so the diffID stays the stream's.  ``real``
+    # counts the bytes that really came.
+    #
+    # And a guard: tarfile reads PAX records, GNU long names and sparse
+    # maps into memory whole, so while one header is parsed (``limit`` set)
+    # at most MAX_HEADER_DATA bytes may go by, as in Go's archive/tar.
 
     def __init__(self, fileobj):
         self._f = fileobj
         self._pad = None
         self.real = 0
+        self.limit = None
+        self.bad_header = None
 
     def read(self, n=-1):
+        if self.limit is not None and self.real > self.limit:
+            raise InvalidArgument(f"a tar header with its PAX, long-name or sparse-map records "
+                                  f"is over {MAX_HEADER_DATA} bytes")
         if self._pad is None:
             data = self._f.read(n)
             if data:
@@ -223,6 +212,29 @@ class _Padded:
         k = self._pad if n is None or n < 0 else min(n, self._pad)
         self._pad -= k
         return bytes(k)
+
+
+class _TarInfo(tarfile.TarInfo):
+    # Parses each header under the guard of ``stream`` (a _Padded; set in
+    # a subclass per layer).  tarfile.next() takes a bad or truncated
+    # header after the first one for the end of the archive: remember it,
+    # so that it can be refused.
+    stream = None
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        outer = cls.stream.limit is None  # PAX and long names nest
+        if outer:
+            # tarfile reads ahead at most a record (RECORDSIZE) of what follows.
+            cls.stream.limit = cls.stream.real + MAX_HEADER_DATA + tarfile.RECORDSIZE
+        try:
+            return super().fromtarfile(tf)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
+            cls.stream.bad_header = e
+            raise
+        finally:
+            if outer:
+                cls.stream.limit = None
 
 
 def _entry_error(name, e):
@@ -360,7 +372,8 @@ class _Applier:
     def apply(self, stream):
         stream = _Padded(stream)
         try:
-            tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_TarInfo,
+            tf = tarfile.open(fileobj=stream, mode="r|",
+                              tarinfo=type("_TarInfo", (_TarInfo,), {"stream": stream}),
                               encoding="utf-8", errors="surrogateescape")
         except tarfile.ReadError as e:
             if stream.real == 0:
@@ -373,9 +386,9 @@ class _Applier:
             except tarfile.TarError as e:
                 raise InvalidArgument(f"corrupt tar stream after entry {last!r}: {e}") from None
             if ti is None:
-                bad = getattr(tf, "pyrun_bad_header", None)
-                if bad is not None:
-                    raise InvalidArgument(f"corrupt tar header after entry {last!r}: {bad}")
+                if stream.bad_header is not None:
+                    raise InvalidArgument(f"corrupt tar header after entry {last!r}: "
+                                          f"{stream.bad_header}")
                 if data_end > stream.real:  # what _Padded added was not padding
                     raise InvalidArgument(f"layer entry {last!r}: tar stream ends inside its data")
                 break
@@ -383,6 +396,9 @@ class _Applier:
             if ti.isreg():
                 stored = sum(n for _, n in ti.sparse) if ti.sparse is not None else ti.size
                 data_end = ti.offset_data + stored
+                if tf.offset != ti.offset_data + -(-stored // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE:
+                    raise InvalidArgument(f"layer entry {ti.name!r}: its sparse map does not "
+                                          "match the size of its data")
             self.entries += 1
             if self.entries > self.max_entries:
                 raise InvalidArgument(f"layer has more than {self.max_entries} entries "
