@@ -896,6 +896,23 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 		return do_hook(p, o);
 	case PR_OP_PIVOT_ROOT:
 		return do_pivot_root(p, o);
+	case PR_OP_STDIO: {
+		/* The container's stdin, stdout, stderr (n1, n2, n3; -1 keeps
+		 * ours).  The plan put them above 2, so no dup3 clobbers another. */
+		int64_t fds[3] = { o->n1, o->n2, o->n3 };
+		for (int i = 0; i < 3; i++) {
+			if (fds[i] >= 0 && syscall(SYS_dup3, (int)fds[i], i, 0) < 0)
+				return -errno;
+		}
+		return 0;
+	}
+	case PR_OP_CHROOT:
+		/* No mount namespace: pivot_root would swap the root of every
+		 * process sharing this namespace, so only chroot (as runc). */
+		if (syscall(SYS_chdir, o->s1) < 0 || syscall(SYS_chroot, ".") < 0 ||
+		    syscall(SYS_chdir, "/") < 0)
+			return -errno;
+		return 0;
 	case PR_OP_MOVE_ROOT:
 		return do_move_root(o);
 	case PR_OP_MASK:
@@ -985,7 +1002,13 @@ long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd)
 {
 	long pid = pr_clone3(clone_flags | CLONE_PIDFD, pidfd, SIGCHLD);
 
-	if (pid == 0)
+	if (pid == 0) {
+		/* CVE-2019-5736: until execve this process is an image of the
+		 * runtime's interpreter.  Not dumpable, its /proc/<pid>/exe and
+		 * memory can only be reached with CAP_SYS_PTRACE, which containers
+		 * do not get; execve makes the new program dumpable again. */
+		pr_prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0);
 		child_main(p);
+	}
 	return pid;
 }

@@ -99,6 +99,8 @@ int pr_execve(const char *path, char *const argv[], char *const envp[]);
 #define PR_OP_FORK 31
 #define PR_OP_SECCOMP 32
 #define PR_OP_EXEC 33
+#define PR_OP_CHROOT 34
+#define PR_OP_STDIO 35
 
 /* Messages from the child on the sync socket. */
 #define PR_MSG_SYNC 1	/* waiting for the parent (value: what for) */

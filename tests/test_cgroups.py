@@ -24,7 +24,7 @@ V1_FILES = {
                "memory.soft_limit_in_bytes": "", "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
                "memory.swappiness": "60", "memory.use_hierarchy": "1", "memory.usage_in_bytes": "4096",
                "memory.max_usage_in_bytes": "8192", "memory.failcnt": "0", "memory.stat": "cache 12\nrss 34\n",
-               "cgroup.event_control": ""},
+               "cgroup.event_control": "", "memory.kmem.tcp.limit_in_bytes": "9223372036854771712"},
     "cpu": {"cpu.shares": "1024", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "-1",
             "cpu.cfs_burst_us": "0", "cpu.rt_period_us": "1000000", "cpu.rt_runtime_us": "0",
             "cpu.idle": "0", "cpu.stat": "nr_periods 5\nnr_throttled 2\nthrottled_time 700\n"},
@@ -191,7 +191,7 @@ def test_parse_full():
     ({"devices": [{"allow": True, "access": ""}]}, r"devices\[0\]\.access"),
     ({"devices": [{"access": "r"}]}, r"devices\[0\]\.allow: required"),
     ({"devices": [{"allow": True, "type": "x", "access": "r"}]}, r"devices\[0\]\.type"),
-    ({"pids": {}}, r"pids\.limit: required"),
+    ({"pids": {"limit": 1.5}}, r"pids\.limit: expected an integer"),
     ({"cpu": {"shares": -1}}, r"cpu\.shares: -1 is out of range"),
     ({"cpu": {"cpus": "0-a"}}, r"cpu\.cpus: '0-a' is not a cpuset list"),
     ({"blockIO": {"weight": 5}}, r"blockIO\.weight: 5 is out of range \[10, 1000\]"),
@@ -315,12 +315,13 @@ def test_apply_writes_every_hierarchy(fake):
 
 def test_v1_memory(fake):
     cg, m = fake("v1")
-    m.set(Resources(memory=Memory(limit=1 << 20, swap=2 << 20, reservation=4096,
-                                  disable_oom_killer=True, swappiness=0)))
+    m.set(Resources(memory=Memory(limit=1 << 20, swap=2 << 20, reservation=4096, kernel=1 << 20,
+                                  kernel_tcp=8192, disable_oom_killer=True, swappiness=0)))
     assert cg.written() == [
         ("memory", "memory.limit_in_bytes", str(1 << 20)),
         ("memory", "memory.memsw.limit_in_bytes", str(2 << 20)),
         ("memory", "memory.soft_limit_in_bytes", "4096"),
+        ("memory", "memory.kmem.tcp.limit_in_bytes", "8192"),
         ("memory", "memory.oom_control", "1"),
         ("memory", "memory.swappiness", "0"),
     ]
@@ -400,10 +401,11 @@ def test_v1_devices_transition(fake):
         {"allow": True, "type": "b", "major": 8, "access": "r"},
     ]})
     m.set(rules)
+    # In the spec's order, so that devices.list lists them in that order.
     assert cg.written() == [
         ("devices", "devices.deny", "a *:* rwm"),
-        ("devices", "devices.allow", "c *:* m"),
         ("devices", "devices.allow", "c 1:3 rwm"),
+        ("devices", "devices.allow", "c *:* m"),
         ("devices", "devices.allow", "b 8:* r"),
     ]
     # Setting the same rules again changes nothing.

@@ -10,16 +10,17 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import uuid
 
 import pytest
 
 from pyrun import linux
-from pyrun.cgroups import fs, new_manager, parse_resources, v2
+from pyrun.cgroups import fs, new_manager, parse_resources
 from pyrun.cgroups import devices
 from pyrun.cgroups.resources import DeviceRule
 from pyrun.errdefs import FailedPrecondition
+
+from cgroup_helpers import go, remove_test_parent, spawn, new_parent_name, try_open
 
 ROOT = "/sys/fs/cgroup"
 UNIFIED = os.path.join(ROOT, "unified")
@@ -42,34 +43,10 @@ def _hierarchies():
 
 @pytest.fixture
 def parent():
-    """A test-only parent path; afterwards every process left below it is
-    killed and every group below it removed, in every hierarchy."""
-    name = f"/pyrun-test-{uuid.uuid4().hex[:10]}"
+    """A test-only parent group, cleaned up in every hierarchy afterwards."""
+    name = new_parent_name()
     yield name
-    for hroot in _hierarchies():
-        top = fs.join(hroot, name)
-        if not os.path.isdir(top):
-            continue
-        for dirpath, _, _ in os.walk(top):
-            with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                for pid in f.read().split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-        fs.remove_dir(hroot, name, attempts=50)
-
-
-def spawn(code):
-    """A Python child that waits for one byte on stdin, then runs ``code``:
-    move it into a group first, then let it go."""
-    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(1)\n" + code],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def go(proc, timeout=30):
-    out, err = proc.communicate(b"g", timeout=timeout)
-    return proc.returncode, out.decode(), err.decode()
+    remove_test_parent(_hierarchies(), name)
 
 
 def read(root, path, file):
@@ -185,27 +162,6 @@ def test_cpu_and_cpuset_files(parent):
     m.destroy()
 
 
-OPEN_DEVICES = (
-    "import os, sys\n"
-    "for dev in sys.argv[1:]:\n"
-    "    try:\n"
-    "        os.close(os.open(dev, os.O_RDONLY))\n"
-    "        print(dev, 'opened')\n"
-    "    except PermissionError:\n"
-    "        print(dev, 'denied')\n")
-
-
-def try_open(m, paths):
-    """Open each device from a process in the group: {path: opened?}."""
-    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(1)\n" + OPEN_DEVICES,
-                          *paths], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-    m.apply(p.pid)
-    rc, out, err = go(p)
-    assert rc == 0, err
-    return {line.split()[0]: line.split()[1] == "opened" for line in out.splitlines()}
-
-
 DENY_ALL = {"allow": False, "access": "rwm"}
 ALLOW_ALL = {"allow": True, "access": "rwm"}
 
@@ -230,9 +186,24 @@ def test_devices_v1(parent, rules, defaults, expect):
     if defaults:
         res = res.with_devices(devices.default_allowed())
     m.set(res)
-    if rules[0] is DENY_ALL and not defaults:
-        assert read(f"{ROOT}/devices", m.paths["devices"], "devices.list") == "c 1:3 rwm"
+    listed = read(f"{ROOT}/devices", m.paths["devices"], "devices.list").splitlines()
+    if rules[0] is DENY_ALL:
+        # devices.list follows the spec's order, then the defaults.
+        assert listed[0] == ("c *:* m" if defaults else "c 1:3 rwm")
     assert try_open(m, list(expect)) == expect
+    m.destroy()
+
+
+def test_devices_v1_list_in_spec_order(parent):
+    # What the runtime-tools linux_cgroups_devices program checks.
+    m = new_manager(f"{parent}/order", "order")
+    m.create()
+    spec = [DENY_ALL, char(10, 229), {"allow": True, "type": "b", "major": 8, "minor": 20,
+                                      "access": "rw"},
+            {"allow": True, "type": "b", "major": 10, "minor": 200, "access": "r"}]
+    m.set(parse_resources({"devices": spec}).with_devices(devices.default_allowed()))
+    listed = read(f"{ROOT}/devices", m.paths["devices"], "devices.list").splitlines()
+    assert listed[:4] == ["c 10:229 rwm", "b 8:20 rw", "b 10:200 r", "c *:* m"]
     m.destroy()
 
 
@@ -330,3 +301,58 @@ def test_v2_bpf_device_filter_denies(parent):
     assert try_open(m, ["/dev/null", "/dev/zero", "/dev/full"]) == {
         "/dev/null": True, "/dev/zero": False, "/dev/full": False}
     m.destroy()
+
+
+# -- the same resources through runc 1.1 ---------------------------------------
+
+RUNC_RESOURCES = {
+    "devices": [DENY_ALL, char(1, 11, access="r"), char(10, 200, allow=False)],
+    "memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 96 << 20, "swappiness": 20},
+    "cpu": {"shares": 512, "quota": 30000, "period": 60000, "cpus": "0", "mems": "0"},
+    "pids": {"limit": 42},
+}
+COMPARED = [("memory", "memory.limit_in_bytes"), ("memory", "memory.memsw.limit_in_bytes"),
+            ("memory", "memory.soft_limit_in_bytes"), ("memory", "memory.swappiness"),
+            ("cpu", "cpu.shares"), ("cpu", "cpu.cfs_quota_us"), ("cpu", "cpu.cfs_period_us"),
+            ("cpuset", "cpuset.cpus"), ("cpuset", "cpuset.mems"), ("pids", "pids.max"),
+            ("devices", "devices.list")]
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/runc") and not os.path.exists("/usr/bin/runc"),
+                    reason="needs runc")
+def test_same_files_as_runc(parent, tmp_path, busybox_rootfs):
+    """runc creates a container with RUNC_RESOURCES in one group, pyrun sets
+    them in another: the kernel shows the same values in both."""
+    import json
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["root"] = {"path": busybox_rootfs, "readonly": True}
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["sleep", "60"]
+    config["linux"]["cgroupsPath"] = f"{parent}/runc"
+    config["linux"]["resources"] = RUNC_RESOURCES
+    (bundle / "config.json").write_text(json.dumps(config))
+    state = tmp_path / "runc-state"
+    runc = ["runc", "--root", str(state)]
+    cid = f"pyrun-test-{uuid.uuid4().hex[:8]}"
+    # runc's init keeps the stdio it is given until `runc start`: no pipes.
+    with open(tmp_path / "runc.log", "wb") as log:
+        subprocess.run(runc + ["create", "--bundle", str(bundle), cid], check=True,
+                       stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        m = new_manager(f"{parent}/pyrun", "pyrun")
+        m.create()
+        m.set(parse_resources(RUNC_RESOURCES).with_devices(devices.default_allowed()))
+        theirs = {(c, f): read(f"{ROOT}/{c}", f"{parent}/runc", f) for c, f in COMPARED}
+        ours = {(c, f): read(f"{ROOT}/{c}", f"{parent}/pyrun", f) for c, f in COMPARED}
+        # The same device rules; pyrun keeps the spec's order where runc sorts.
+        key = ("devices", "devices.list")
+        assert sorted(ours.pop(key).splitlines()) == sorted(theirs.pop(key).splitlines())
+        assert ours == theirs
+        # runc joins the hybrid host's cgroup2 tree too, at the same path.
+        assert os.path.isdir(fs.join(UNIFIED, f"{parent}/runc")) == ("" in m.paths)
+        m.destroy()
+    finally:
+        subprocess.run(runc + ["delete", "--force", cid], check=True)

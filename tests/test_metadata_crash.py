@@ -1,4 +1,3 @@
-import pytest
 """Several processes on one root at once, and processes killed with
 SIGKILL at random points: nothing is lost, nothing half-made is visible,
 and check() finds no problem; a final GC leaves no orphan behind."""
@@ -143,9 +142,6 @@ def _kill_round(root, snaproot, seed, rnd):
         p.stdout.close()
 
 
-@pytest.mark.xfail(strict=False, reason="known bug, being fixed: a SIGKILL at an unlucky point "
-                   "can leave a namespace's content record whose blob is missing "
-                   "(seen once in about 30 CI runs)")
 def test_kill9_at_random_points(safe_tmp):
     root, snaproot = str(safe_tmp / "root"), str(safe_tmp / "native")
     backend = NativeSnapshotter(snaproot)

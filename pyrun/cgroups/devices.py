@@ -125,7 +125,7 @@ def parse_devices_list(text):
 def v1_transition(current, target):
     """The DeviceRules to write (allow -> devices.allow, deny ->
     devices.deny), in order, to move a v1 group from ``current`` to
-    ``target``.  A change of default (or an allow-all start, whose
+    ``target`` (runc's devices emulator Transition, restated).  A change of default (or an allow-all start, whose
     exceptions v1 cannot list) starts with an ``a *:* rwm`` reset."""
     out = []
     old = current.exceptions
@@ -136,7 +136,12 @@ def v1_transition(current, target):
         dropped = _perms(set(perms) - set(target.exceptions.get(meta, "")))
         if dropped:
             out.append(DeviceRule(target.default_allow, *meta, dropped))
-    for meta, perms in target.sorted_exceptions():
+    # Exceptions keep the order in which the rules first named them, so
+    # devices.list (which lists in insertion order) follows the spec's
+    # order: "the runtime MUST apply entries in the listed order".  runc
+    # sorts them here; crun keeps the spec's order, which is what the
+    # runtime-tools validation checks.
+    for meta, perms in target.exceptions.items():
         gained = _perms(set(perms) - set(old.get(meta, "")))
         if gained:
             out.append(DeviceRule(not target.default_allow, *meta, gained))

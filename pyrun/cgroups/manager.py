@@ -119,8 +119,11 @@ class Manager:
                         v1.init_cpuset(self.group(key, os.path.dirname(cur)), self.group(key, cur))
                     if key == "" and cur != path:
                         self._enable_controllers(self.group(key, cur))
-        except BaseException:
-            self.destroy()
+        except BaseException as e:
+            try:
+                self.destroy()
+            except Exception as cleanup:
+                e.add_note(f"and removing the groups made so far failed: {cleanup}")
             raise
 
     @staticmethod
@@ -156,8 +159,14 @@ class Manager:
                     time.sleep(0.01 * (attempt + 1))
 
     def set(self, res):
-        """Write every limit in ``res`` (a Resources).  Errors name the
-        resource field or the cgroup file and value."""
+        """Write every limit in ``res`` (a Resources); absent (None, empty)
+        parts leave their files alone, so an empty ``devices`` keeps the
+        current device access (append devices.default_allowed() to get
+        runc's deny-all-but-defaults).  Errors name the resource field or
+        the cgroup file and value: FailedPrecondition when the host lacks
+        the controller or file, NotImplementedYet for what the cgroup
+        version cannot express, InvalidArgument for refused values,
+        SyscallError (OSError) when the kernel refuses a write."""
         cpu = res.cpu
         if cpu is not None and (cpu.cpus or cpu.mems):
             kind, g = self._need("cpuset", f"{W}.cpu.cpus/mems")

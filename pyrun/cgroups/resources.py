@@ -56,8 +56,9 @@ class CPU:
 
 @dataclass(frozen=True)
 class Pids:
-    """``limit`` <= 0 means unlimited ("max")."""
-    limit: int
+    """``limit`` < 0 means unlimited ("max"); 0 or None leaves pids.max
+    alone (runc 1.1; runtime-spec 1.2.1 made ``limit`` optional)."""
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def _cpu(raw, where):
 
 
 def _pids(raw, where):
-    return Pids(**_fields(raw, where, {"limit": ("limit", _i(INT64))}, required=("limit",)))
+    return Pids(**_fields(raw, where, {"limit": ("limit", _i(INT64))}))
 
 
 def _array(conv):

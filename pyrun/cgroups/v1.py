@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def set_memory(g, m, where="linux.resources.memory"):
-    if m.kernel is not None or m.kernel_tcp is not None:
-        # runc 1.1 ignores both (kmem accounting is deprecated in the kernel).
-        log.warning("%s.kernel and .kernelTCP are ignored (deprecated kernel memory limits)", where)
+    if m.kernel is not None:
+        # Linux >= 5.16 accepts memory.kmem.limit_in_bytes but ignores it;
+        # runc 1.1 ignores the field too.
+        log.warning("%s.kernel is ignored (the kernel no longer enforces kmem limits)", where)
     if m.check_before_update and m.limit and m.limit > 0:
         usage = g.number("memory.usage_in_bytes")
         if m.limit < usage:
@@ -46,6 +47,9 @@ def set_memory(g, m, where="linux.resources.memory"):
             g.write("memory.memsw.limit_in_bytes", swap)
     if m.reservation:
         g.write("memory.soft_limit_in_bytes", m.reservation)
+    if m.kernel_tcp:
+        # Still enforced (socket buffers); runc 1.1 drops it, crun writes it.
+        g.write("memory.kmem.tcp.limit_in_bytes", m.kernel_tcp)
     if m.disable_oom_killer:
         g.write("memory.oom_control", 1)
     if m.swappiness is not None:

@@ -66,7 +66,9 @@ def _num(v):
 
 def set_memory(g, m, where="linux.resources.memory"):
     if m.kernel is not None or m.kernel_tcp is not None:
-        log.warning("%s.kernel and .kernelTCP are ignored (no kernel memory limits in cgroup v2)", where)
+        # memory.max already covers kernel and socket memory in v2.
+        log.warning("%s.kernel and .kernelTCP are ignored (cgroup v2 has no separate kernel "
+                    "memory limits; memory.max covers them)", where)
     if m.swappiness is not None:
         raise NotImplementedYet(f"{where}.swappiness: cgroup v2 has no per-group swappiness")
     if m.disable_oom_killer:

@@ -61,7 +61,13 @@ def validate(spec, need_process=True):
     if spec.domainname and "uts" not in has:
         raise InvalidArgument("domainname: setting it needs a new uts namespace")
     if "mount" not in has:
-        raise NotImplementedYet("linux.namespaces: pyrun needs a mount namespace")
+        # Everything then happens in the caller's mount namespace: refuse
+        # what would change the caller's own mounts.
+        if spec.root.readonly:
+            raise InvalidArgument("root.readonly: needs a mount namespace (it would remount "
+                                  "the host's filesystem)")
+        if linux.rootfs_propagation:
+            raise InvalidArgument("linux.rootfsPropagation: needs a mount namespace")
     if linux.rootfs_propagation and linux.rootfs_propagation not in PROPAGATIONS:
         raise InvalidArgument(f"linux.rootfsPropagation: unknown value {linux.rootfs_propagation!r}")
     for key, _ in linux.sysctl:

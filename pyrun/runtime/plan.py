@@ -84,9 +84,9 @@ class Inputs(Record):
     """What the plan needs besides the spec.  ``cgroup_paths``: hierarchy
     mount point -> the container's group in it (for the cgroup mount)."""
     __slots__ = ("bundle", "rootfs", "fifo_fd", "console_fd", "preserve_fds", "no_pivot",
-                 "no_new_keyring", "container_id", "cgroup_paths", "join_cgroup")
+                 "no_new_keyring", "container_id", "cgroup_paths", "join_cgroup", "stdio")
     _defaults = {"console_fd": -1, "preserve_fds": 0, "no_pivot": False, "no_new_keyring": False,
-                 "container_id": "", "cgroup_paths": dict, "join_cgroup": False}
+                 "container_id": "", "cgroup_paths": dict, "join_cgroup": False, "stdio": None}
 
 
 def high_fd(fd, low):
@@ -128,8 +128,11 @@ def _cgroup_hierarchies():
         for line in f:
             left, _, right = line.partition(" - ")
             fields = right.split()
-            if fields and fields[0] in ("cgroup", "cgroup2"):
-                mp = left.split()[4]
+            mp = left.split()[4]
+            # Only the host's hierarchies: a container without a mount
+            # namespace may have cgroup mounts under its rootfs right now.
+            if fields and fields[0] in ("cgroup", "cgroup2") and (
+                    mp == "/sys/fs/cgroup" or mp.startswith("/sys/fs/cgroup/")):
                 out.append((mp, fields[0], fields[2] if len(fields) > 2 else ""))
     return out
 
@@ -259,6 +262,10 @@ def build(spec, inp):
             raise InvalidArgument(f"linux.namespaces: {kind} path {path!r}: {e.strerror}") from None
         plan.ns_fds[kind] = high_fd(fd, 3 + inp.preserve_fds)
 
+    if inp.stdio is not None:
+        plan.add(lib.PR_OP_STDIO, f"stdin, stdout, stderr from fds {inp.stdio}", "exec",
+                 n1=inp.stdio[0], n2=inp.stdio[1], n3=inp.stdio[2])
+
     # ---- namespaces ----
     # A single clone() creates every new namespace unless something must be
     # joined first (a pid or user namespace path, or any path when a new
@@ -325,12 +332,14 @@ def build(spec, inp):
     # whole tree a slave first.  The spec's rootfsPropagation applies to
     # the container's own / after pivot_root (a shared or unbindable parent
     # would make the rootfs bind or pivot_root fail).
-    prop = L.MS_SLAVE | L.MS_REC
-    plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(prop, L.MS_FLAGS)} in the new mount namespace",
-             "rootfs", s2="/", flags=prop, n1=lib.PR_MNT_HOST_TARGET)
-    plan.add(lib.PR_OP_MOUNT, f"bind the rootfs {inp.rootfs} onto itself", "rootfs",
-             s1=inp.rootfs, s2=inp.rootfs, flags=L.MS_BIND | L.MS_REC,
-             n1=lib.PR_MNT_HOST_TARGET)
+    own_mountns = linux.namespace("mount") is not None
+    if own_mountns:
+        prop = L.MS_SLAVE | L.MS_REC
+        plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(prop, L.MS_FLAGS)} in the new mount namespace",
+                 "rootfs", s2="/", flags=prop, n1=lib.PR_MNT_HOST_TARGET)
+        plan.add(lib.PR_OP_MOUNT, f"bind the rootfs {inp.rootfs} onto itself", "rootfs",
+                 s1=inp.rootfs, s2=inp.rootfs, flags=L.MS_BIND | L.MS_REC,
+                 n1=lib.PR_MNT_HOST_TARGET)
     plan.add(lib.PR_OP_OPEN_ROOT, f"open the rootfs {inp.rootfs}", "rootfs", s1=inp.rootfs)
 
     dev_bound = False
@@ -378,7 +387,10 @@ def build(spec, inp):
         _plan_hook(plan, "createContainer", i, h)
 
     # ---- pivot ----
-    if inp.no_pivot:
+    if not own_mountns:
+        plan.add(lib.PR_OP_CHROOT, f"chroot to {inp.rootfs} (no mount namespace: no pivot_root)",
+                 "pivot", s1=inp.rootfs)
+    elif inp.no_pivot:
         plan.add(lib.PR_OP_MOVE_ROOT, f"move {inp.rootfs} to / and chroot (--no-pivot)", "pivot",
                  s1=inp.rootfs)
     else:
@@ -409,11 +421,23 @@ def build(spec, inp):
 
     if proc is None:
         return plan
-    # ---- identity ----
-    u = proc.user
     if not inp.no_new_keyring:
         name = f"_ses.{inp.container_id}"[:255]
         plan.add(lib.PR_OP_KEYRING, f"join a new session keyring {name}", "identity", s1=name)
+    plan_process(plan, proc, linux, preserve_fds=inp.preserve_fds, wait_fd=inp.fifo_fd,
+                 start_hooks=spec.hooks.start_container, userns_new=userns_new)
+    return plan
+
+
+def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks=(),
+                 userns_new=False):
+    """Add the steps that turn the child into ``proc`` (a
+    :class:`~pyrun.oci.spec.Process`): personality, rlimits, cwd, seccomp,
+    capabilities, identity, then execve.  ``wait_fd``: the exec fifo to
+    block on before the last steps (create; none for exec).  Used by create
+    and by exec."""
+    # ---- identity ----
+    u = proc.user
     if linux.personality is not None:
         plan.add(lib.PR_OP_PERSONALITY, f"personality {linux.personality:#x}", "identity",
                  flags=linux.personality)
@@ -428,8 +452,8 @@ def build(spec, inp):
     path = next((e[5:] for e in proc.env if e.startswith("PATH=")), "")
     plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r} in PATH", "exec",
              s1=proc.args[0], s2=path)
-    plan.add(lib.PR_OP_CLOSE_FDS, f"close-on-exec every fd from {3 + inp.preserve_fds} up", "exec",
-             n1=3 + inp.preserve_fds)
+    plan.add(lib.PR_OP_CLOSE_FDS, f"close-on-exec every fd from {3 + preserve_fds} up", "exec",
+             n1=3 + preserve_fds)
     seccomp = None
     if linux.seccomp is not None:
         from pyrun.seccomp import compile_filter
@@ -469,14 +493,14 @@ def build(spec, inp):
                  "identity", caps=capvals)
     if proc.no_new_privileges:
         plan.add(lib.PR_OP_NO_NEW_PRIVS, "prctl PR_SET_NO_NEW_PRIVS", "identity")
-    plan.add(lib.PR_OP_WAIT_START, "wait for start (exec fifo)", "exec", fd=inp.fifo_fd)
-    for i, h in enumerate(spec.hooks.start_container):
+    if wait_fd is not None:
+        plan.add(lib.PR_OP_WAIT_START, "wait for start (exec fifo)", "exec", fd=wait_fd)
+    for i, h in enumerate(start_hooks):
         _plan_hook(plan, "startContainer", i, h)
     if seccomp and proc.no_new_privileges:
         plan.add(**seccomp)  # as late as possible: fewer syscalls need allowing
     plan.add(lib.PR_OP_EXEC, f"execve {list(proc.args)}", "exec",
              argv=list(proc.args), envp=list(proc.env))
-    return plan
 
 
 def _setgroups_denied():

@@ -10,6 +10,7 @@ import os
 import _socket
 import struct
 
+from pyrun import trace
 from pyrun._native import ffi, lib
 from pyrun.runtime.plan import high_fd
 
@@ -105,8 +106,12 @@ def _build(plan, sync_fd, trace_fd):
 class Child:
     """The cloned child stage, from the parent's side."""
 
-    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1):
+    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1, until_exec=False):
+        """``until_exec``: the plan ends in execve with no exec fifo (exec);
+        the sync socket closing without an error message means the execve
+        happened."""
         self.plan = plan
+        self.until_exec = until_exec
         self.on_sync = on_sync
         self.pid = None
         self.pidfd = -1
@@ -121,10 +126,17 @@ class Child:
         """Clone the child and drive it to READY.  Returns the init pid.
         Raises StepError (after reaping the child) if a step fails."""
         pidfd = ffi.new("int *", -1)
+        tr = trace.current()
+        t0 = tr.now() if tr is not None else 0
         pid = lib.pr_spawn(self._cplan, self.plan.clone_flags, pidfd)
+        err = ffi.errno if pid < 0 else 0
         os.close(self._child_fd)
+        if tr is not None:
+            from pyrun.linux import CLONE_PIDFD
+            from pyrun.trace.steps import clone_flags
+            tr.call("namespaces", f"clone3({clone_flags(self.plan.clone_flags | CLONE_PIDFD)}, "
+                    "exit_signal=SIGCHLD)", f"{pid} (the child's pid on the host)", err, t0)
         if pid < 0:
-            err = ffi.errno
             raise StepError(err, f"clone {self.plan.clone_flags:#x}", "namespaces")
         self.pid = pid
         self.pidfd = pidfd[0]
@@ -139,6 +151,8 @@ class Child:
         while True:
             data = self.sock.recv(_MSG.size)
             if not data:
+                if self.until_exec and self.pid is not None:
+                    return
                 status = self._reap_any()
                 raise StepError(errno.EPIPE,
                                 f"the container init exited during create (status {status})")
