@@ -18,7 +18,7 @@ image gives the same manifest digest again.
 
 Safety.  Import reads archive members only into the content store, never
 onto the filesystem, and refuses members whose names are absolute or
-contain ``..``, links, and blobs whose bytes do not hash to their name or
+contain ``..``, links that lead out of the archive, and blobs whose bytes do not hash to their name or
 descriptor (the content store checks every commit).  Everything is written
 under a lease that is deleted at the end, so what a failed import wrote
 goes at the next GC.  Exports are written next to the destination and
@@ -78,15 +78,33 @@ class _TarSource:
         except (tarfile.TarError, OSError) as e:
             raise InvalidArgument(f"{path}: not a readable tar archive: {e}") from None
         self.members = {}
+        links = {}
         for m in self.tar.getmembers():
             name = _member_name(m.name, path)
-            if m.issym() or m.islnk():
-                raise InvalidArgument(f"{path}: member {m.name!r} is a link; image archives "
-                                      "hold regular files only")
-            if m.isfile():
-                if name in self.members:
+            if m.isfile() or m.issym() or m.islnk():
+                if name in self.members or name in links:
                     raise InvalidArgument(f"{path}: member {name!r} appears twice")
-                self.members[name] = m
+                if m.isfile():
+                    self.members[name] = m
+                else:
+                    # skopeo's docker-archive links <id>/layer.tar to
+                    # <diffid>.tar: follow links inside the archive only.
+                    target = m.linkname if m.islnk() else \
+                        posixpath.join(posixpath.dirname(name), m.linkname)
+                    target = posixpath.normpath(target)
+                    if target.startswith("/") or target.split("/")[0] == "..":
+                        raise InvalidArgument(f"{path}: member {m.name!r} links to "
+                                              f"{m.linkname!r}, outside the archive; refusing it")
+                    links[name] = target
+        for name, target in links.items():
+            seen = {name}
+            while target in links and target not in seen:
+                seen.add(target)
+                target = links[target]
+            if target not in self.members:
+                raise InvalidArgument(f"{path}: member {name!r} links to {target!r}, which is "
+                                      "not a regular file of the archive")
+            self.members[name] = self.members[target]
 
     def exists(self, name):
         return name in self.members
@@ -171,24 +189,50 @@ def _load_json(src, name):
 def _copy_blob(src, name, store, desc):
     """Stream member ``name`` into ``store`` as the blob ``desc``; the
     store's commit checks size and digest."""
-    try:
-        store.info(desc.digest)
+    if _has(store, desc.digest):
         return
-    except NotFound:
-        pass
-    ref = f"import-{desc.digest}"
     with src.open(name) as f:
-        writer = store.writer(ref, total=desc.size, expected=desc.digest)
-        with writer:
-            writer.truncate(0)
-            while chunk := f.read(_CHUNK):
-                writer.write(chunk)
-            try:
-                writer.commit(desc.size, desc.digest)
-            except FailedPrecondition as e:
-                _abort(store, ref)
-                raise InvalidArgument(f"{src.where}: blob {name!r} does not match its "
-                                      f"descriptor {desc.digest} ({desc.size} bytes): {e}") from None
+        try:
+            _stream(store, f"import-{desc.digest}", f, b"", desc.size, desc.digest)
+        except FailedPrecondition as e:
+            raise InvalidArgument(f"{src.where}: blob {name!r} does not match its "
+                                  f"descriptor {desc.digest} ({desc.size} bytes): {e}") from None
+
+
+def _stream(store, ref, f, head, size, expected):
+    """Write ``head`` and the rest of ``f`` as ingest ``ref`` and commit it
+    (with ``expected`` None: under the digest of what was written).  A
+    failure discards the ingest.  Returns the digest."""
+    writer = store.writer(ref, total=size, expected=expected)
+    try:
+        writer.truncate(0)
+        dg = digester(parse_digest(expected)[0] if expected else "sha256")
+        chunk = head or f.read(_CHUNK)
+        while chunk:
+            dg.update(chunk)
+            writer.write(chunk)
+            chunk = f.read(_CHUNK)
+        digest = f"{dg.name}:{dg.hexdigest()}"
+        if expected is None and _has(store, digest):  # a layer an earlier image shares
+            writer.close()
+            _abort(store, ref)
+        else:
+            writer.commit(size, expected or digest)
+        return digest
+    except BaseException:
+        writer.close()
+        _abort(store, ref)
+        raise
+    finally:
+        writer.close()
+
+
+def _has(store, digest):
+    try:
+        store.info(digest)
+    except NotFound:
+        return False
+    return True
 
 
 def _abort(store, ref):
@@ -258,7 +302,9 @@ def _entry_name(entry, base_name):
     ref_name = ann.get(REF_NAME)
     if not ref_name:
         return f"{base_name}@{entry.digest}" if base_name else None
-    if base_name:
+    # A ref.name with "/", ":" or "@" is a whole reference already, as
+    # containerd's import reads it; else it is a tag.
+    if base_name and not any(c in ref_name for c in "/:@"):
         return f"{base_name}:{ref_name}"
     return ref_name
 
@@ -304,24 +350,10 @@ def _import_layer(src, name, store):
     """Stream a layer member into the store; its descriptor (media type
     from the compression its first bytes show)."""
     size = src.size(name)
-    ref = f"import-layer-{secrets.token_hex(8)}"
     with src.open(name) as f:
         head = f.read(_CHUNK)
         media_type = DOCKER_LAYERS[detect(head)]
-        with store.writer(ref, total=size) as w:
-            dg = digester("sha256")
-            chunk = head
-            while chunk:
-                dg.update(chunk)
-                w.write(chunk)
-                chunk = f.read(_CHUNK)
-            digest = f"sha256:{dg.hexdigest()}"
-            try:
-                store.info(digest)
-                w.close()
-                _abort(store, ref)
-            except NotFound:
-                w.commit(size, digest)
+        digest = _stream(store, f"import-layer-{secrets.token_hex(8)}", f, head, size, None)
     return Descriptor(media_type, digest, size)
 
 
@@ -334,15 +366,19 @@ def import_archive(db, namespace, path, *, base_name=None):
     Names: docker-archive ``RepoTags`` (normalised, e.g.
     ``docker.io/library/busybox:latest``); for OCI, the entry's
     ``io.containerd.image.name``, else ``<base_name>:<ref.name>`` with
-    ``base_name``, else the ``ref.name`` itself (containerd's
-    ``ctr images import --base-name``).  Entries without a name are
+    ``base_name`` when ref.name is a bare tag, else the ``ref.name``
+    itself (containerd's ``ctr images import --base-name``).  Entries without a name are
     imported as ``<base_name>@<digest>`` when a base name is given, and
     not recorded otherwise.  Raises InvalidArgument for a malformed or
     hostile archive (naming the member), NotFound for a missing blob.
     """
-    leases = db.leases(namespace)
-    lease = leases.create(expire=IMPORT_LEASE_EXPIRY, labels={"pyrun.import": str(path)})
     src = _open_source(path)
+    leases = db.leases(namespace)
+    try:
+        lease = leases.create(expire=IMPORT_LEASE_EXPIRY, labels={"pyrun.import": str(path)})
+    except BaseException:
+        src.close()
+        raise
     try:
         store = db.content_store(namespace, lease=lease.id)
         if src.exists("index.json") and src.exists("oci-layout"):
