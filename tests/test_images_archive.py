@@ -264,3 +264,24 @@ def test_layout_dir_with_symlinked_blob(roots, layout, safe_tmp):
     a = roots("a")
     with pytest.raises(InvalidArgument, match="is a symbolic link"):
         import_archive(a.db, "ns", layout.path)
+
+
+def test_export_of_a_partly_pulled_index(roots, layout, safe_tmp):
+    # As after a pull of one platform: the index is there, arm64's
+    # manifest is not.  Export keeps the index as it is (same digest) and
+    # skips the platforms not present; import does the same.
+    a = roots("a")
+    import_archive(a.db, "ns", layout.path)
+    arm = a.images.manifest(NAME, "linux/arm64")
+    a.db.content_store("ns").delete(arm.digest)
+    out = str(safe_tmp / "partial")
+    export_oci(a.db, "ns", [NAME], out)
+    assert not os.path.exists(os.path.join(out, "blobs", "sha256", arm.digest[7:]))
+    b = roots("b")
+    [img] = import_archive(b.db, "ns", out)
+    assert img.target == a.images.get(NAME).target
+    assert b.images.config(NAME, "linux/amd64").entrypoint == ("/bin/app", "--serve")
+    with pytest.raises(NotFound, match="no manifest for platform linux/arm64"):
+        b.images.manifest(NAME, "linux/arm64")
+    inspect = json.loads(skopeo("inspect", "--override-arch", "amd64", f"oci:{out}:1"))
+    assert inspect["Architecture"] == "amd64"
