@@ -43,13 +43,37 @@ def safe_tmp(tmp_path):
     remove_tree(str(tmp_path))
 
 
+def _in_use_by_another_session(numbered_dir):
+    """Whether a live pytest process other than this one owns
+    ``numbered_dir`` (pytest writes its pid in the dir's ``.lock``)."""
+    try:
+        with open(os.path.join(numbered_dir, ".lock")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _unmount_leftovers(where):
     """Detach any mount a test left below ``where`` so that pytest's own
-    temp-dir cleanup (shutil.rmtree) can never descend into a mount."""
+    temp-dir cleanup (shutil.rmtree) can never descend into a mount.  The
+    numbered dirs of other pytest sessions still running (tests in other
+    worktrees) are left alone."""
     from pyrun import linux
     from pyrun.fsutil import mounts_under
 
-    left = mounts_under(where) if os.path.isdir(where) else []
+    left = []
+    if os.path.isdir(where):
+        for name in sorted(os.listdir(where)):
+            d = os.path.join(where, name)
+            if os.path.isdir(d) and not os.path.islink(d) and not _in_use_by_another_session(d):
+                left += mounts_under(d)
     for m in left:
         try:
             linux.umount2(m, linux.MNT_DETACH)

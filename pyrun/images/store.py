@@ -250,7 +250,8 @@ def pull_image(db, namespace, ref, *, snapshotter="overlayfs", platform=None, cl
     ``containerd.io/gc.ref.snapshot.<snapshotter>`` label on the config
     hold them; the lease is deleted at the end, success or not (what a
     failed pull left then goes at the next GC).  ``platform``: see
-    :func:`pyrun.registry.pull`; ``unpack=False`` only fetches.  Returns a
+    :func:`pyrun.registry.pull`.  Layers are applied as they arrive, while
+    later ones download; ``unpack=False`` only fetches.  Returns a
     :class:`Pulled`.  Raises what ``pull`` and ``unpack`` raise, and
     NotFound for an unconfigured snapshotter (before any download).
     """
@@ -262,19 +263,24 @@ def pull_image(db, namespace, ref, *, snapshotter="overlayfs", platform=None, cl
     lease = leases.create(expire=PULL_LEASE_EXPIRY, labels={"pyrun.pull": str(ref)})
     try:
         content = db.content_store(namespace, lease=lease.id)
-        name, root, manifests = fetch.pull(ref, content, client=client, platform=platform,
-                                           progress=progress)
-        images = ImageStore(db, namespace)
-        chain_id = ""
-        if unpack:
-            chain_id = _unpack(db, namespace, manifests[0], snapshotter, lease.id)
-        image = images.set(name, root)
-        return Pulled(image, manifests[0], chain_id)
+        unpacked = []
+
+        def unpack_while_fetching(manifests, wait):
+            # Each layer is applied as soon as its blob is in, while the
+            # later ones still download.
+            desc, doc = manifests[0]
+            unpacked.append(_unpack(db, namespace, desc, snapshotter, lease.id, doc, wait))
+
+        name, root, manifests = fetch.pull(
+            ref, content, client=client, platform=platform, progress=progress,
+            while_fetching=unpack_while_fetching if unpack else None)
+        image = ImageStore(db, namespace).set(name, root)
+        return Pulled(image, manifests[0], unpacked[0] if unpacked else "")
     finally:
         leases.delete(lease.id)
 
 
-def _unpack(db, namespace, manifest, snapshotter, lease):
+def _unpack(db, namespace, manifest, snapshotter, lease, doc=None, wait=None):
     return unpack(manifest, db.content_store(namespace, lease=lease),
                   db.snapshotter(namespace, snapshotter, lease=lease),
-                  snapshotter_name=snapshotter)
+                  snapshotter_name=snapshotter, doc=doc, wait=wait)
