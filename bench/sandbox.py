@@ -11,12 +11,16 @@ round-robin so every tool shares the machine's noise:
 - ``bwrap --unshare-all --ro-bind ROOTFS / --proc /proc --dev /dev true``
   (no cgroups, no seccomp: bubblewrap has no limits of its own);
 - ``runc run`` and ``crun run`` (crun through the hybrid-cgroup wrapper of
-  /work/shared/MACHINE.md) of a bundle with the same namespaces and
-  limits, started with subprocess.run, each with its own cgroup.
+  /work/shared/MACHINE.md) of a bundle with the same namespaces, limits
+  and seccomp profile (pyrun/oci/seccomp_default.py), started with
+  subprocess.run, each with its own cgroup.
 
 Throughput: sandboxes per second with ``--threads`` workers (default 2,
 one per core) running ``true`` back to back, for pyrun.run (threads in
-this process) and for the crun CLI (threads each running ``crun run``).
+this process) and for the crun CLI (threads each running ``crun run``),
+with the same config and, to show what the profile costs crun (it
+compiles it on every run; pyrun caches the compiled filter), without
+seccomp.
 
 Rerun, as root, from the checkout (after bash scripts/setup):
     .venv/bin/python bench/sandbox.py [--reps 100] [--count 200] [--threads 2]
@@ -42,6 +46,7 @@ from runtime_helpers import make_bundle  # noqa: E402
 import pyrun  # noqa: E402
 from pyrun import sandbox  # noqa: E402
 from pyrun.fsutil import remove_tree  # noqa: E402
+from pyrun.oci.seccomp_default import default_profile  # noqa: E402
 
 PARENT = "/pyrun-test-bench-sandbox"
 LIMITS = {"memory": {"limit": 256 << 20, "swap": 256 << 20}, "pids": {"limit": 128}}
@@ -106,10 +111,11 @@ def main():
     make_busybox_rootfs(rootfs)
     ns = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
 
-    def bundle(name, cgpath):
+    def bundle(name, cgpath, seccomp=True):
         path = os.path.join(tmp, name)
+        extra = {"linux_seccomp": default_profile(compat_arches=False)} if seccomp else {}
         make_bundle(path, rootfs, ["true"], linux_cgroupsPath=cgpath, linux_resources=LIMITS,
-                    linux_namespaces=ns)
+                    linux_namespaces=ns, **extra)
         return path
 
     runc_root, crun_root = os.path.join(tmp, "runc"), os.path.join(tmp, "crun")
@@ -138,23 +144,29 @@ def main():
                     sys.exit(f"bench/sandbox: {n} exited {rc} on run {i}")
 
         # Throughput: every crun worker needs its own bundle (cgroupsPath).
-        crun_bundles = [bundle(f"tp{k}", f"{PARENT}/tp{k}") for k in range(opts.threads)]
-        slot = threading.local()
-        counter = iter(range(opts.threads))
-        counter_lock = threading.Lock()
+        def crun_runner(seccomp):
+            bundles = [bundle(f"tp{k}-{seccomp}", f"{PARENT}/tp{k}", seccomp)
+                       for k in range(opts.threads)]
+            slot = threading.local()
+            counter = iter(range(opts.threads))
+            counter_lock = threading.Lock()
 
-        def crun_one(i):
-            if not hasattr(slot, "b"):
-                with counter_lock:
-                    slot.b = crun_bundles[next(counter)]
-            return subprocess.run([wrapper, "--root", crun_root, "run", "-b", slot.b, f"tp-{i}"],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode
+            def one(i):
+                if not hasattr(slot, "b"):
+                    with counter_lock:
+                        slot.b = bundles[next(counter)]
+                return subprocess.run([wrapper, "--root", crun_root, "run", "-b", slot.b,
+                                       f"tp-{seccomp}-{i}"],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode
+            return one
 
         tp = {}
         tp["pyrun.run"] = opts.count / throughput(
             lambda i: pyrun.run(["true"], rootfs=rootfs, cgroup_parent=PARENT).exit_code,
             opts.count, opts.threads)
-        tp["crun run"] = opts.count / throughput(crun_one, opts.count, opts.threads)
+        tp["crun run"] = opts.count / throughput(crun_runner(True), opts.count, opts.threads)
+        tp["crun, no seccomp"] = opts.count / throughput(crun_runner(False), opts.count,
+                                                         opts.threads)
     finally:
         sandbox.remove_cgroup_parent(PARENT)
         for ctrl in os.listdir("/sys/fs/cgroup"):
@@ -173,8 +185,9 @@ def main():
         print(stats_row(n, times[n], ref))
     print(f"\nthroughput: {opts.count} sandboxes on {opts.threads} threads (per second)")
     for n, v in tp.items():
-        print(f"{n:<18}{v:8.1f}{v / tp['crun run']:9.2f} x crun")
-    print("\npyrun.run and runc/crun set memory and pids limits in cgroups; bwrap makes none.")
+        print(f"{n:<18}{v:8.1f}{v / tp['crun run']:9.2f} x crun run")
+    print("\npyrun.run, runc and crun: same namespaces, memory/pids cgroup limits and seccomp "
+          "profile;\nbwrap makes no cgroups and loads no seccomp filter.")
     print("rerun: as root, in the checkout: .venv/bin/python bench/sandbox.py")
 
 

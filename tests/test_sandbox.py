@@ -165,6 +165,33 @@ def test_exception_inside_sandbox_cleans_up(sb):
             raise RuntimeError("boom")
 
 
+def test_dropped_sandbox_is_removed(sb):
+    import gc
+    box = pyrun.Sandbox(**sb)
+    pid = box._ctr.st.pid
+    del box
+    gc.collect()
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_seccomp_profile_by_capability():
+    from pyrun.oci.seccomp_default import default_profile
+    from pyrun.seccomp import compile_filter
+
+    def allowed(p):
+        return {n for r in p["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" and not r.get("args")
+                for n in r["names"]}
+    plain = default_profile()
+    admin = default_profile(["CAP_SYS_ADMIN"])
+    assert "mount" not in allowed(plain) and "mount" in allowed(admin)
+    assert "clone" in allowed(admin)
+    clone3 = [r for r in plain["syscalls"] if r["names"] == ["clone3"]]
+    assert clone3 and clone3[0]["errnoRet"] == 38
+    assert "io_uring_setup" not in allowed(admin)
+    assert len(plain["architectures"]) == 3 and default_profile(compat_arches=False)["architectures"] == []
+    assert compile_filter(plain)[1] > compile_filter(default_profile(compat_arches=False))[1] > 0
+
+
 def test_keyboard_interrupt_during_run_cleans_up(sb):
     # SIGINT arrives while run() waits on the container.
     t = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
@@ -237,3 +264,23 @@ def test_import_pyrun_is_lazy():
     out = subprocess.run([sys.executable, "-c", "import sys, pyrun; print('pyrun.sandbox' in sys.modules)"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_concurrent_sandboxes_and_shared_exec(sb):
+    errors = []
+    with pyrun.Sandbox(**sb) as shared:
+        def worker(k):
+            try:
+                with pyrun.Sandbox(**sb) as own:
+                    for i in range(3):
+                        assert own.exec(["echo", f"{k}-{i}"]).stdout == f"{k}-{i}\n".encode()
+                        assert shared.exec(["cat"], stdin=f"{k}{i}").stdout == f"{k}{i}".encode()
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors

@@ -90,9 +90,15 @@ BY_CAPABILITY = {
 _PERSONAS = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 
 
-def default_profile(capabilities=()):
+_COMPAT_ARCHES = ("SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32")
+
+
+def default_profile(capabilities=(), compat_arches=True):
     """The default profile as an OCI ``linux.seccomp`` dict, for a process
     whose bounding set is ``capabilities`` (names like ``CAP_SYS_ADMIN``).
+    ``compat_arches``: also allow the 32-bit x86 ABIs, as Docker does;
+    False allows only the native one (any other ABI is killed), which
+    makes the filter a third of the size and so faster to load.
     A fresh dict on every call: callers may change it."""
     caps = set(capabilities)
     syscalls = [{"names": list(ALLOWED), "action": "SCMP_ACT_ALLOW"}]
@@ -114,6 +120,6 @@ def default_profile(capabilities=()):
     return {
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": _EPERM,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "architectures": list(_COMPAT_ARCHES) if compat_arches else [],
         "syscalls": syscalls,
     }

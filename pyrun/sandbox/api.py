@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import time
+import weakref
 
 from pyrun.errdefs import FailedPrecondition
 from pyrun.jsonio import dumps
@@ -284,6 +285,9 @@ class Sandbox:
             raise
         finally:
             os.close(null)
+        # A sandbox dropped without close() is still removed: when it is
+        # collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, self._ctr.close)
 
     @property
     def id(self):
@@ -378,7 +382,7 @@ class Sandbox:
         with self._lock:
             ctr, self._ctr = self._ctr, None
         if ctr is not None:
-            ctr.close()
+            self._finalizer()
 
     def __enter__(self):
         return self

@@ -8,7 +8,8 @@ The defaults are the safe ones; every loosening is an explicit argument:
   default devices only, no /sys;
 - user 65534:65534 (nobody), every capability dropped, no_new_privs,
   RLIMIT_CORE 0, the default seccomp allow list
-  (:mod:`pyrun.oci.seccomp_default`);
+  (:mod:`pyrun.oci.seccomp_default`) for the native ABI only (a 32-bit
+  x86 program is killed);
 - limits: 256 MiB of memory (no swap), 128 pids, 30 s of wall time, 1 MiB
   of captured output per stream.
 
@@ -38,6 +39,8 @@ DEFAULT_CGROUP_PARENT = "/pyrun"
 DEFAULT_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "HOME=/tmp", "LANG=C.UTF-8")
 _CPU_PERIOD = 100000  # µs, the kernel's default CFS period
+# Native ABI only: 32-bit programs are killed, and the filter loads 3x faster.
+_SECCOMP = default_profile(compat_arches=False)
 
 
 class Bind:
@@ -226,7 +229,7 @@ def build_spec(opts, cid, argv, env, cwd):
         "linux": {
             "namespaces": [{"type": k} for k in kinds],
             "cgroupsPath": f"{opts.cgroup_parent}/{cid}",
-            "seccomp": default_profile(),
+            "seccomp": _SECCOMP,
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                             "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
                             "/proc/sched_debug", "/proc/scsi"],
