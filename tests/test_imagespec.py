@@ -49,7 +49,7 @@ def test_passwd_symlink_stays_inside(rootfs, tmp_path):
     os.unlink(os.path.join(rootfs, "etc", "passwd"))
     os.symlink("/etc/passwd", os.path.join(rootfs, "etc", "passwd"))
     with pytest.raises(InvalidArgument, match="no such user"):
-        resolve_user(rootfs, "root")   # /etc/passwd resolves to <rootfs>/etc/passwd: missing
+        resolve_user(rootfs, "app")   # /etc/passwd resolves to <rootfs>/etc/passwd: a loop
 
 
 def test_image_config_and_options(rootfs, tmp_path):

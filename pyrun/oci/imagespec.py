@@ -88,6 +88,8 @@ def resolve_user(rootfs, user):
     ``WithUser`` and ``WithAdditionalGIDs`` do.  Raises InvalidArgument
     naming the user or group that is unknown to the image."""
     name, _, group = (user or "").partition(":")
+    if name in ("", "0", "root") and not group:
+        return 0, 0, []
     passwd = _read_in_root(rootfs, "/etc/passwd")
     uid = gid = 0
     username = None
