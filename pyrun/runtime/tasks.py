@@ -204,6 +204,22 @@ class Service:
         except NotFound:
             pass
         self._unmount(cid)
+        self._prune_cgroup_parents()
+
+    def _prune_cgroup_parents(self, root="/sys/fs/cgroup"):
+        """Remove the ``/pyrun/<namespace>`` and ``/pyrun`` groups once no
+        container uses them (the container's own group is gone with its
+        task; rmdir refuses a group that still has children or tasks)."""
+        try:
+            hierarchies = [e.path for e in os.scandir(root) if e.is_dir() and not e.is_symlink()]
+        except OSError:
+            return
+        for h in hierarchies + [root]:
+            for group in (os.path.join(h, "pyrun", self.ns), os.path.join(h, "pyrun")):
+                try:
+                    os.rmdir(group)
+                except OSError:
+                    break
 
     def log_path(self, cid):
         return os.path.join(self.bundle(cid), "log")
@@ -229,6 +245,7 @@ class Service:
             raise NotFound(f"container {cid!r} has no task")
         rt.delete(cid, force=force)
         self._unmount(cid)
+        self._prune_cgroup_parents()
         return status["exit_status"]
 
     def kill(self, cid, sig=_signal.SIGTERM, all=False):
