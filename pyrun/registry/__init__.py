@@ -24,7 +24,11 @@ def __getattr__(name):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pyrun.registry' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pyrun.registry.{module}"), name)
+    value = getattr(importlib.import_module(f"pyrun.registry.{module}"), name)
+    # Importing pyrun.registry.push binds the *module* to this package's
+    # ``push``; put the function back, and cache every export.
+    globals()[name] = value
+    return value
 
 
 __all__ = ["Client", "Descriptor", "HostOptions", "Hosts", "Platform", "Reference",
