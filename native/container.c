@@ -341,9 +341,16 @@ static int do_mount(struct pr_plan *p, struct pr_op *o)
 			kind = PR_MK_FILE;
 	}
 	if (o->n1 & PR_MNT_HOST_TARGET) {
+		/* A path the runtime chose (/, the rootfs): used as it is, so
+		 * that no /proc is needed (the container may not mount one). */
 		fd = (int)syscall(SYS_openat, AT_FDCWD, o->s2, PR_O_PATH | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
+		if (pr_mount(o->s1, o->s2, o->s3, flags, o->s4) < 0)
+			r = -errno;
+		else if (o->flags2 || o->flags3 || o->n2 || o->n3)
+			r = -EINVAL;	/* the plan never asks for more on a host path */
+		goto out;
 	} else {
 		fd = open_in_root(p, p->root_fd, o->s2, kind);
 		if (fd < 0)
@@ -562,7 +569,14 @@ static int do_readonly(struct pr_plan *p, struct pr_op *o)
 	if (fd < 0)
 		return fd;
 	fd_path(target, fd);
-	if (!(o->n1 & 1) && pr_mount(target, target, NULL, PR_MS_BIND | PR_MS_REC, NULL) < 0) {
+	if (o->n1 & 1) {
+		/* The root itself: by path, no /proc needed. */
+		if (pr_mount(NULL, "/", NULL, PR_MS_REMOUNT | PR_MS_BIND | PR_MS_RDONLY |
+			     locked_flags(fd), NULL) < 0)
+			r = -errno;
+		goto out;
+	}
+	if (pr_mount(target, target, NULL, PR_MS_BIND | PR_MS_REC, NULL) < 0) {
 		r = -errno;
 		goto out;
 	}
@@ -752,8 +766,9 @@ static int do_resolve_exec(struct pr_plan *p, struct pr_op *o)
 				return -ENAMETOOLONG;
 			if (syscall(SYS_newfstatat, AT_FDCWD, file, &st, 0) < 0)
 				return -errno;
-			if (S_ISDIR(st.st_mode))
-				return -EACCES;
+			if (!S_ISREG(st.st_mode) ||
+			    syscall(SYS_faccessat, AT_FDCWD, file, X_OK, 0) < 0)
+				return -EACCES;	/* as execve would say */
 			memcpy(p->exec_path, file, flen + 1);
 			return 0;
 		}
@@ -904,6 +919,13 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 			if (fds[i] >= 0 && syscall(SYS_dup3, (int)fds[i], i, 0) < 0)
 				return -errno;
 		}
+		return 0;
+	}
+	case PR_OP_MKDIR: {	/* a directory inside the root (process.cwd, as runc) */
+		int fd = open_in_root(p, p->root_fd, o->s1, PR_MK_DIR);
+		if (fd < 0)
+			return fd;
+		syscall(SYS_close, fd);
 		return 0;
 	}
 	case PR_OP_CHROOT:

@@ -105,7 +105,7 @@ def parse(argv, prog, global_flags, commands):
             tail = argv[i:]  # after exec's ID (ps's ID), even "-x" is the command's
             break
         if arg.startswith("-") and arg != "-":
-            i = _take(flags, argv, i, out, f"{prog} {verb}")
+            i = _take(flags, argv, i, out, verb)
             continue
         if len(values) < len(fixed) or rest is None:
             values.append(arg)
@@ -120,13 +120,13 @@ def parse(argv, prog, global_flags, commands):
         if n < len(values):
             out[name] = values[n]
         elif required:
-            raise InvalidArgument(f"{prog} {verb}: missing the {name} argument")
+            raise InvalidArgument(f"{verb}: missing the {name} argument")
         else:
             out[name] = None
     if rest is not None:
         out[rest] = tail
     if len(values) > len(fixed):
-        raise InvalidArgument(f"{prog} {verb}: unexpected argument {values[len(fixed)]!r}")
+        raise InvalidArgument(f"{verb}: unexpected argument {values[len(fixed)]!r}")
     return Args(**out)
 
 

@@ -49,6 +49,10 @@ def main(argv=None):
     if args.help or args.verb is None:
         sys.stdout.write(runc_flags.usage(args.verb))
         return 0 if args.help else 1
+    bad = _check_globals(args)
+    if bad:
+        os.write(2, f"pyrun: {bad}\n".encode())
+        return 1
     log = _Log(args.log, args.log_format)
     if args.systemd_cgroup:
         log.error("--systemd-cgroup: systemd is not running on this host (PID 1 is not systemd)"
@@ -71,6 +75,25 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _check_globals(args):
+    """runc refuses these before doing anything."""
+    if not args.root:
+        return "--root: must not be empty"
+    if args.log_format not in ("text", "json"):
+        return f"--log-format {args.log_format!r}: use text or json"
+    if args.log:
+        try:
+            with open(args.log, "a"):
+                pass
+        except OSError as e:
+            return f"--log {args.log}: {e.strerror}"
+    if args.verb == "list" and args.format not in ("table", "json"):
+        return f"list --format {args.format!r}: use table or json"
+    if args.verb == "kill" and args.signal == "":
+        return "kill: the signal must not be empty"
+    return None
 
 
 def _store(args):

@@ -6,6 +6,7 @@ A failed create undoes everything it did: the init is killed and reaped,
 its state directory removed, and the error names the step that failed.
 """
 import os
+import stat
 
 from pyrun.errdefs import InvalidArgument, NotFound
 from pyrun import trace
@@ -18,6 +19,9 @@ from pyrun.runtime.spawn import Child
 from pyrun.runtime.state import State, Status, now_rfc3339, proc_start_time, unmount_own
 
 
+MAX_CONFIG = 16 << 20  # bytes of config.json read at most
+
+
 def load_bundle(bundle):
     """Read ``<bundle>/config.json``: returns (raw dict, Spec).  NotFound
     for a missing bundle or config, InvalidArgument for a bad one."""
@@ -26,8 +30,17 @@ def load_bundle(bundle):
         raise NotFound(f"bundle {bundle}: no such directory")
     path = os.path.join(bundle, "config.json")
     try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(f"bundle {bundle}: no config.json") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArgument(f"{path}: not a regular file")
+    if st.st_size > MAX_CONFIG:
+        raise InvalidArgument(f"{path}: {st.st_size} bytes is larger than pyrun reads "
+                              f"({MAX_CONFIG} bytes)")
+    try:
         with open(path, "rb") as f:
-            raw = loads(f.read())
+            raw = loads(f.read(MAX_CONFIG + 1))
     except FileNotFoundError:
         raise NotFound(f"bundle {bundle}: no config.json") from None
     except ValueError as e:
@@ -52,7 +65,7 @@ def _write_id_maps(pid, spec, tr=None):
 
 def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file=None,
            no_pivot=False, no_new_keyring=False, preserve_fds=0, cgroup_manager=None,
-           stdio=None):
+           stdio=None, exec_watch=None):
     """Create container ``cid`` from the OCI bundle at ``bundle``.
 
     ``console_socket``: path of a unix socket that receives the pty master
@@ -61,13 +74,22 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
     passed on to the container (runc ``--preserve-fds``).  ``stdio``:
     (stdin, stdout, stderr) fds for the container's process; None, or -1 in
     a slot, keeps the caller's own fd 0/1/2 (runc's pass-through).  The
-    caller keeps and closes its fds.  Returns the saved :class:`State`
-    (status created).
+    caller keeps and closes its fds.  ``exec_watch``: a list that receives
+    the :class:`~pyrun.runtime.spawn.Child`, whose ``exec_result()`` after
+    start reports a failure of the last steps (``run`` uses it).  Returns
+    the saved :class:`State` (status created).
 
     Raises NotFound (bundle), InvalidArgument (config), AlreadyExists (id),
     StepError (a step of the child stage failed), HookError.
     """
     bundle = os.path.abspath(bundle)
+    if not 0 <= preserve_fds <= 4096:
+        raise InvalidArgument(f"--preserve-fds {preserve_fds}: must be between 0 and 4096")
+    for n in range(3, 3 + preserve_fds):
+        try:
+            os.fstat(n)
+        except OSError:
+            raise InvalidArgument(f"--preserve-fds {preserve_fds}: fd {n} is not open") from None
     raw, spec = load_bundle(bundle)
     rootfs = spec.root.path
     if not os.path.isabs(rootfs):
@@ -165,8 +187,16 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
         store.save(st)
         if pid_file:
             from pyrun.fsutil import atomic_write
-            atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
-        child.close()
+            try:
+                atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
+            except OSError as e:
+                raise InvalidArgument(f"--pid-file {pid_file}: {e.strerror}") from None
+        if exec_watch is not None:
+            # The caller starts the container itself and wants to hear
+            # how the execve went (run): hand it the child's channel.
+            exec_watch.append(child)
+        else:
+            child.close()
         return st
     except BaseException:
         if child is not None:

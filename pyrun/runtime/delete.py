@@ -6,7 +6,7 @@ import select
 from pyrun import linux, trace
 from pyrun.oci import spec as ocispec
 from pyrun.runtime.hooks import run_hooks
-from pyrun.runtime.state import Status, proc_start_time, require, unmount_own
+from pyrun.runtime.state import Damaged, Status, proc_start_time, require, unmount_own
 
 
 def wait_gone(pid, start_time, timeout=10.0):
@@ -33,7 +33,13 @@ def delete(store, cid, force=False, cgroup_manager=None):
     tr = trace.current()
     lock = store.lock(cid)
     try:
-        st = store.load(cid)
+        try:
+            st = store.load(cid)
+        except Damaged:
+            if not force:
+                raise
+            store.remove(cid)  # nothing in it can be trusted to undo: drop the record
+            return
         require(st, "delete", st.status.can_delete(force))
         if st.status in (Status.CREATED, Status.RUNNING, Status.PAUSED) and st.alive():
             from pyrun.runtime.kill import signal_container

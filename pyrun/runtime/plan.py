@@ -30,6 +30,8 @@ NS_FLAGS = {
 # the others), mount last (it changes how later paths resolve).
 _JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
 
+NS_GET_NSTYPE = 0xB703  # ioctl_ns(2)
+
 _PROPAGATION = {
     "shared": L.MS_SHARED, "rshared": L.MS_SHARED | L.MS_REC,
     "slave": L.MS_SLAVE, "rslave": L.MS_SLAVE | L.MS_REC,
@@ -275,6 +277,15 @@ def build(spec, inp):
                 os.close(fd)
             raise InvalidArgument(f"linux.namespaces: {kind} path {path!r}: {e.strerror}") from None
         plan.ns_fds[kind] = high_fd(fd, 3 + inp.preserve_fds)
+        try:
+            nstype = fcntl.ioctl(plan.ns_fds[kind], NS_GET_NSTYPE)
+        except OSError:
+            nstype = None
+        if nstype != NS_FLAGS[kind]:
+            for fd in plan.ns_fds.values():
+                os.close(fd)
+            raise InvalidArgument(f"linux.namespaces: {kind} path {path!r} is not a {kind} "
+                                  "namespace")
 
     if inp.stdio is not None:
         plan.add(lib.PR_OP_STDIO, f"stdin, stdout, stderr from fds {inp.stdio}", "exec",
@@ -386,6 +397,11 @@ def build(spec, inp):
             mode = d.file_mode if d.file_mode is not None else 0o666
             _plan_device(plan, d.path, d.type, d.major, d.minor, mode, d.uid or 0, d.gid or 0,
                          userns_new)
+
+    if proc is not None and linux.namespace("mount") is not None:
+        # runc makes process.cwd if it is missing (it may be a fresh volume).
+        plan.add(lib.PR_OP_MKDIR, f"make sure the cwd {proc.cwd} exists", "rootfs",
+                 s1=proc.cwd)
 
     # ---- hooks before pivot ----
     if spec.hooks.prestart or spec.hooks.create_runtime:

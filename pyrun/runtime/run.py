@@ -25,19 +25,25 @@ def run(store, cid, bundle, *, detach=False, keep=False, console_socket=None, **
             raise InvalidArgument("a detached terminal container needs --console-socket")
         relay, theirs = foreground.console_pair()
         console_fd = theirs.fileno()
+    watch = []
     try:
         st = create(store, cid, bundle, console_socket=console_socket, console_fd=console_fd,
-                    **create_kw)
+                    exec_watch=watch, **create_kw)
     finally:
         if console_fd is not None:
             theirs.close()
+    child = watch[0]
     master = foreground.receive_master(relay) if relay is not None else None
     try:
         if detach:
             start(store, cid)
+            child.exec_result()
             return 0
         with foreground.forwarding(st.pid):
             start(store, cid)
+            # runc's run reports a failed execve or startContainer hook:
+            # the init tells us before it would have exec'd.
+            child.exec_result()
             tr = trace.current()
             t0 = tr.now() if tr is not None else 0
             status = foreground.wait(st.pid, master)
@@ -46,12 +52,13 @@ def run(store, cid, bundle, *, detach=False, keep=False, console_socket=None, **
                         f"exit status {status}", t=t0)
                 tr.flush(f"run {cid}")
     except BaseException:
-        if not detach:
-            try:
-                delete(store, cid, force=True)
-            except Exception:
-                pass
+        try:
+            delete(store, cid, force=True)
+        except Exception:
+            pass
         raise
+    finally:
+        child.close()
     if not keep:
         delete(store, cid, force=True)
     return status

@@ -22,10 +22,15 @@ class StepError(OSError):
     """A step of the child stage failed.  ``errno`` is the kernel's;
     ``step`` describes what was being done (e.g. ``mount proc on /proc``)."""
 
-    def __init__(self, err, step, phase=""):
+    def __init__(self, err, step, phase="", kind=None):
         self.step = step
         self.phase = phase
-        super().__init__(err, f"{step}: {os.strerror(err)}")
+        reason = os.strerror(err)
+        if kind == lib.PR_OP_HOOK:
+            # The child stage reports a hook's failure with these two.
+            reason = {errno.ECHILD: "it failed (exit status not 0, or it could not be run)",
+                      errno.ETIMEDOUT: "it timed out"}.get(err, reason)
+        super().__init__(err, f"{step}: {reason}")
 
     def __str__(self):
         return self.strerror
@@ -171,7 +176,7 @@ class Child:
                 self._reap_any()
                 step = self.plan.ops[op] if op < len(self.plan.ops) else None
                 raise StepError(err, step.what if step else "the child stage",
-                                step.phase if step else "")
+                                step.phase if step else "", step.kind if step else None)
             elif kind == lib.PR_MSG_READY:
                 return
 
@@ -198,3 +203,16 @@ class Child:
             os.close(self.pidfd)
             self.pidfd = -1
         self.sock.close()
+
+    def exec_result(self):
+        """After ``start``: wait for the init's execve.  Returns when the
+        sync socket closes (execve succeeded); raises StepError if a step
+        after the start failed (a startContainer hook, seccomp, execve)."""
+        data = self.sock.recv(_MSG.size)
+        if not data:
+            return
+        kind, op, err, _, _ = _MSG.unpack(data)
+        if kind == lib.PR_MSG_ERROR:
+            step = self.plan.ops[op] if op < len(self.plan.ops) else None
+            raise StepError(err, step.what if step else "the child stage", step.phase if step else "",
+                            step.kind if step else None)

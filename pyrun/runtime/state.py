@@ -38,6 +38,10 @@ OCI_VERSION = "1.2.0"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+.-")
 
 
+class Damaged(InvalidArgument):
+    """A container's state file cannot be read back."""
+
+
 class Status(str):
     """A container status (runtime spec "State": ``status``)."""
 
@@ -71,8 +75,10 @@ Status.STOPPED = Status("stopped")
 def check_id(cid):
     """Container ids as runc accepts them: letters, digits, ``_+.-``, not
     ``.`` or ``..``.  Raises InvalidArgument."""
-    if not cid or not _ID_CHARS.issuperset(cid) or cid in (".", "..") or len(cid) > 1024:
-        raise InvalidArgument(f"invalid container id {cid!r}: use letters, digits and _+.- only")
+    if not cid or not _ID_CHARS.issuperset(cid) or cid in (".", "..") or len(cid) > 255:
+        shown = cid if len(cid) <= 40 else cid[:37] + "..."
+        raise InvalidArgument(f"invalid container id {shown!r}: use letters, digits and _+.- "
+                              "only, at most 255 of them")
 
 
 def proc_start_time(pid):
@@ -223,8 +229,15 @@ class Store:
                 # Reserved but never saved: a create that is under way or died.
                 return State(id=cid, bundle="", rootfs="", status=Status.CREATING)
             raise NotFound(f"container {cid!r} does not exist") from None
-        data["status"] = Status(data["status"])
-        st = State(**data)
+        except (ValueError, OSError) as e:
+            raise Damaged(f"container {cid!r}: its state file is damaged ({e}); "
+                          "`delete --force` removes it") from None
+        try:
+            data["status"] = Status(data["status"])
+            st = State(**data)
+        except (KeyError, TypeError) as e:
+            raise Damaged(f"container {cid!r}: its state file is damaged ({e!r}); "
+                          "`delete --force` removes it") from None
         self.refresh(st)
         return st
 
@@ -253,6 +266,8 @@ class Store:
             return []
         out = []
         for name in names:
+            if not os.path.isdir(os.path.join(self.root, name)):
+                continue  # not ours (runc skips such entries too)
             try:
                 out.append(self.load(name))
             except (NotFound, InvalidArgument, ValueError):
