@@ -116,25 +116,36 @@ def test_mounts_read_only_and_writable(sb, tmp_path):
     assert r.exit_code == 0 and (host / "g").read_text() == "x\n"
 
 
-def test_concurrent_runs(sb):
-    results, errors = [], []
-    lock = threading.Lock()
+def in_threads(worker, n=8):
+    """Run worker(k) for k in range(n) on n threads; raise the first error."""
+    errors = []
 
-    def worker(k):
-        for i in range(k, 100, 8):
-            try:
-                r = pyrun.run(["sh", "-c", f"echo {i}; cat"], stdin=str(i), **sb)
-                with lock:
-                    results.append((i, r))
-            except Exception as e:  # noqa: BLE001 - collected and asserted below
-                errors.append(e)
+    def guarded(k):
+        try:
+            worker(k)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
+    if errors:
+        raise errors[0]
+
+
+def test_concurrent_runs(sb):
+    results = []
+    lock = threading.Lock()
+
+    def worker(k):
+        for i in range(k, 100, 8):
+            r = pyrun.run(["sh", "-c", f"echo {i}; cat"], stdin=str(i), **sb)
+            with lock:
+                results.append((i, r))
+
+    in_threads(worker)
     assert len(results) == 100
     for i, r in results:
         assert r.exit_code == 0 and r.stdout == f"{i}\n{i}".encode()
@@ -267,20 +278,20 @@ def test_import_pyrun_is_lazy():
 
 
 def test_concurrent_sandboxes_and_shared_exec(sb):
-    errors = []
     with pyrun.Sandbox(**sb) as shared:
         def worker(k):
-            try:
-                with pyrun.Sandbox(**sb) as own:
-                    for i in range(3):
-                        assert own.exec(["echo", f"{k}-{i}"]).stdout == f"{k}-{i}\n".encode()
-                        assert shared.exec(["cat"], stdin=f"{k}{i}").stdout == f"{k}{i}".encode()
-            except Exception as e:  # noqa: BLE001 - collected and asserted below
-                errors.append(e)
+            with pyrun.Sandbox(**sb) as own:
+                for i in range(3):
+                    assert own.exec(["echo", f"{k}-{i}"]).stdout == f"{k}-{i}\n".encode()
+                    assert shared.exec(["cat"], stdin=f"{k}{i}").stdout == f"{k}{i}".encode()
 
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors
+        in_threads(worker)
+
+
+def test_every_exec_lands_in_the_sandbox_cgroup(sb):
+    # Regression: exec's second stage could ask to be put in the cgroup
+    # before the first stage reported its pid, and stay outside.
+    with pyrun.Sandbox(**sb) as box:
+        for _ in range(40):
+            r = box.exec(["cat", "/proc/self/cgroup"])
+            assert r.exit_code == 0 and b".." not in r.stdout, r.stdout
