@@ -130,7 +130,21 @@ class _Container:
                 delete(self.store, self.cid, force=True, cgroup_manager=self.cg)
                 self.st = None
         finally:
-            remove_tree(self.dir)
+            # Only what we made is there (config.json, the emptied state
+            # dir): plain unlink/rmdir, which can never cross a mount; the
+            # careful walk only if something else turned up.
+            try:
+                try:
+                    os.unlink(os.path.join(self.dir, "config.json"))
+                except FileNotFoundError:
+                    pass
+                for d in (self.store.root, self.dir):
+                    try:
+                        os.rmdir(d)
+                    except FileNotFoundError:
+                        pass
+            except OSError:
+                remove_tree(self.dir)
 
 
 def _default_scratch():
@@ -337,9 +351,9 @@ class Sandbox:
                     ours = ()
                     try:
                         reason = pump(pidfd, in_fd, data, out_fd, err_fd, out, err, deadline,
-                                      lambda: self._kill_all_but_init(ctr), _cancel_fd)
+                                      lambda: self._kill_all_but_init(ctr, pid), _cancel_fd)
                     except BaseException:
-                        self._kill_all_but_init(ctr)
+                        self._kill_all_but_init(ctr, pid)
                         raise
                     finally:
                         code, sig = _reap(pid)
@@ -362,16 +376,20 @@ class Sandbox:
             b[1].write("memory.max_usage_in_bytes", 0)
 
     @staticmethod
-    def _kill_all_but_init(ctr):
-        """Freeze the group so no fork escapes, SIGKILL every process but
-        the init, thaw."""
+    def _kill_all_but_init(ctr, pid):
+        """SIGKILL the command ``pid`` (our child) and, with the group
+        frozen so that no fork escapes, every process but the init."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         m = ctr.cg.manager
         m.freeze()
         try:
-            for pid in m.pids():
-                if pid != ctr.st.pid:
+            for other in m.pids():
+                if other != ctr.st.pid:
                     try:
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(other, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
         finally:
