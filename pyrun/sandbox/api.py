@@ -15,10 +15,15 @@ import threading
 import time
 import weakref
 
-from pyrun.errdefs import FailedPrecondition
+from pyrun.errdefs import FailedPrecondition, PyrunError
 from pyrun.jsonio import dumps
 from pyrun.sandbox import config as C
 from pyrun.sandbox.pump import Capture, pump
+
+
+class Cancelled(PyrunError):
+    """The command was killed because its caller cancelled it (an asyncio
+    task awaiting :func:`pyrun.run_async` or ``AsyncSandbox.exec``)."""
 
 
 class Result:
@@ -252,7 +257,6 @@ def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd=
             os.close(pidfd)
         cpu, peak, ooms = C.read_usage(ctr.cg)
         if reason == "cancelled":
-            from pyrun.sandbox.aio import Cancelled
             raise Cancelled()
         return Result(code, sig, out.value(), err.value(), ooms > 0, reason == "timeout",
                       out.truncated or err.truncated, wall, cpu / 1e9, peak)
@@ -364,7 +368,6 @@ class Sandbox:
                 _close(ours)
             cpu, peak, ooms = C.read_usage(ctr.cg)
         if reason == "cancelled":
-            from pyrun.sandbox.aio import Cancelled
             raise Cancelled()
         return Result(code, sig, out.value(), err.value(), ooms > ooms0, reason == "timeout",
                       out.truncated or err.truncated, wall, (cpu - cpu0) / 1e9, peak)
