@@ -322,9 +322,11 @@ def read_usage(cg):
     m = cg.manager
     cpu = peak = ooms = 0
     b = m.backend("cpuacct")
-    if b is not None:
-        cpu = b[1].number("cpuacct.usage") if b[0] == "v1" else \
-            b[1].keyed("cpu.stat").get("usage_usec", 0) * 1000 if b[1].exists("cpu.stat") else 0
+    if b is not None and b[0] == "v1":
+        cpu = b[1].number("cpuacct.usage")
+    elif b is not None and b[1].exists("cpu.stat"):
+        # cgroup2 keeps cpu.stat usage_usec even without the cpu controller.
+        cpu = b[1].keyed("cpu.stat").get("usage_usec", 0) * 1000
     b = m.backend("memory")
     if b is not None:
         peak = b[1].number("memory.max_usage_in_bytes" if b[0] == "v1" else "memory.peak")
