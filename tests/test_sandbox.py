@@ -13,7 +13,7 @@ import pytest
 
 import pyrun
 from pyrun import sandbox
-from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, NotImplementedYet
+from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound
 from pyrun.fsutil import mounts_under
 from pyrun.runtime.spawn import StepError
 
@@ -263,7 +263,7 @@ def test_bad_rootfs_and_program(sb, tmp_path):
         pyrun.run(["true"], **{**sb, "rootfs": str(tmp_path / "nope")})
     with pytest.raises(InvalidArgument):
         pyrun.run(["true"], **{**sb, "bundle": str(tmp_path)})
-    with pytest.raises(NotImplementedYet):
+    with pytest.raises(InvalidArgument, match="db="):
         pyrun.run(["true"], **{**sb, "rootfs": None, "image": "busybox:latest"})
     with pytest.raises(StepError, match="no-such-program"):
         pyrun.run(["no-such-program"], **sb)
@@ -295,3 +295,32 @@ def test_every_exec_lands_in_the_sandbox_cgroup(sb):
         for _ in range(40):
             r = box.exec(["cat", "/proc/self/cgroup"])
             assert r.exit_code == 0 and b".." not in r.stdout, r.stdout
+
+
+def test_image_from_the_store(sb, busybox_rootfs, tmp_path):
+    from pyrun.fsutil import remove_tree
+    from pyrun.images.build import image_from_dir
+    from pyrun.metadata import DB
+    from pyrun.snapshots import registry
+
+    where = tmp_path / "store"
+    backend = registry.new("overlayfs", str(where / "snapshots"))
+    db = DB(str(where / "meta"), snapshotters={"overlayfs": backend})
+    try:
+        image_from_dir(db, "default", "sandbox-test/busybox:1", busybox_rootfs)
+        kw = {**sb, "rootfs": None, "image": "sandbox-test/busybox:1", "db": db}
+        r = pyrun.run(["sh", "-c", "cat /etc/passwd | head -1; touch /x || echo ro"], **kw)
+        assert r.stdout == b"root:x:0:0:root:/root:/bin/sh\nro\n", r
+        with pyrun.Sandbox(**kw) as box:
+            assert box.exec(["echo", "hi"]).stdout == b"hi\n"
+        with pytest.raises(NotFound):
+            pyrun.run(["true"], **{**kw, "image": "sandbox-test/nope:1"})
+        # only the image's committed layer is left: every view is gone
+        kinds = []
+        db.snapshotter("default", "overlayfs").walk(lambda info: kinds.append(str(info.kind)))
+        assert len(kinds) == 1 and "committed" in kinds[0].lower()
+        assert not mounts_under(str(where))
+    finally:
+        db.close()
+        backend.close()
+        remove_tree(str(where))

@@ -18,6 +18,7 @@ import weakref
 from pyrun.errdefs import FailedPrecondition, PyrunError
 from pyrun.jsonio import dumps
 from pyrun.sandbox import config as C
+from pyrun.sandbox.image import ImageSource
 from pyrun.sandbox.pump import Capture, pump
 
 
@@ -98,9 +99,16 @@ class _Container:
         self.store = Store(os.path.join(self.dir, "state"))
         self.cg = None
         self.st = None
+        self.image = None
         try:
+            rootfs = opts.rootfs
+            if isinstance(rootfs, ImageSource):
+                path = os.path.join(self.dir, "rootfs")
+                os.mkdir(path, 0o755)
+                rootfs.mount(self.cid, path)
+                self.image, rootfs = rootfs, path
             with open(os.path.join(self.dir, "config.json"), "w") as f:
-                f.write(dumps(C.build_spec(opts, self.cid, argv, env, cwd)))
+                f.write(dumps(C.build_spec(opts, self.cid, argv, env, cwd, rootfs)))
             self.cg = C.make_cgroup(opts, self.cid, need_freezer)
             self.st = create(self.store, self.cid, self.dir, stdio=stdio, cgroup_manager=self.cg)
         except BaseException:
@@ -134,6 +142,9 @@ class _Container:
                     pass
                 delete(self.store, self.cid, force=True, cgroup_manager=self.cg)
                 self.st = None
+            if self.image is not None:
+                self.image.unmount(self.cid, os.path.join(self.dir, "rootfs"))
+                self.image = None
         finally:
             # Only what we made is there (config.json, the emptied state
             # dir): plain unlink/rmdir, which can never cross a mount; the
@@ -143,7 +154,7 @@ class _Container:
                     os.unlink(os.path.join(self.dir, "config.json"))
                 except FileNotFoundError:
                     pass
-                for d in (self.store.root, self.dir):
+                for d in (self.store.root, os.path.join(self.dir, "rootfs"), self.dir):
                     try:
                         os.rmdir(d)
                     except FileNotFoundError:
@@ -191,7 +202,8 @@ def _check_stdin(stdin):
     return bytes(stdin)
 
 
-def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd="/",
+def run(argv, *, rootfs=None, bundle=None, image=None, db=None, namespace="default",
+        snapshotter="overlayfs", stdin=b"", env=None, cwd="/",
         user=C.NOBODY, timeout=C.DEFAULT_TIMEOUT, memory=C.DEFAULT_MEMORY, cpus=None,
         pids=C.DEFAULT_PIDS, network=False, mounts=(), writable=(),
         max_output=C.DEFAULT_MAX_OUTPUT, tmp_size=C.DEFAULT_TMP_SIZE,
@@ -200,7 +212,10 @@ def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd=
 
     The root filesystem is one of ``rootfs`` (a directory, used read-only
     in place), ``bundle`` (an OCI bundle: only its ``root.path`` is used)
-    or ``image`` (reserved for the image store: NotImplementedYet today).
+    or ``image`` (a name in the image store ``db``, a
+    :class:`pyrun.metadata.DB`, tenant ``namespace``: a read-only view
+    snapshot from ``snapshotter`` is mounted for the sandbox and removed
+    after).
     ``stdin``: bytes (or str, UTF-8) fed to the process.  ``env``: a dict
     or ``KEY=VALUE`` list added to a default PATH/HOME/LANG.  ``cwd``:
     absolute path inside.  ``user``: (uid, gid), default nobody.
@@ -219,7 +234,7 @@ def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd=
     tmpfs, else the temp dir).
 
     Raises InvalidArgument (naming the bad argument), NotFound (rootfs,
-    mount source), NotImplementedYet (image), and what the runtime raises
+    mount source, image), and what the runtime raises
     when the container cannot be made (StepError naming the step, e.g. a
     program that does not exist in the rootfs).  Nothing is left behind
     in any case.
@@ -230,8 +245,8 @@ def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd=
     timeout = C.check_timeout(timeout)
     max_output = C.check_max_output(max_output)
     data = _check_stdin(stdin)
-    opts = C.Options(C.resolve_rootfs(rootfs, bundle, image), user=user, memory=memory, cpus=cpus,
-                     pids=pids, network=network, mounts=mounts, writable=writable,
+    opts = C.Options(C.resolve_rootfs(rootfs, bundle, image, db, namespace, snapshotter),
+                     user=user, memory=memory, cpus=cpus, pids=pids, network=network, mounts=mounts, writable=writable,
                      cgroup_parent=cgroup_parent, tmp_size=tmp_size)
     ours, theirs = _pipes()
     ctr = None
@@ -273,7 +288,7 @@ class Sandbox:
     context manager, or call :meth:`close`.
 
     Takes the container-level arguments of :func:`run` (rootfs/bundle/
-    image, user, memory, cpus, pids, network, mounts, writable, tmp_size,
+    image with db/namespace/snapshotter, user, memory, cpus, pids, network, mounts, writable, tmp_size,
     cgroup_parent, scratch); limits apply to the sandbox as a whole.  The
     idle init does not reap orphans: processes that commands leave behind
     in the background stay zombies (counted against ``pids``) until
@@ -282,11 +297,13 @@ class Sandbox:
     Raises what :func:`run` raises for bad arguments or a failed create.
     """
 
-    def __init__(self, *, rootfs=None, bundle=None, image=None, user=C.NOBODY,
+    def __init__(self, *, rootfs=None, bundle=None, image=None, db=None, namespace="default",
+                 snapshotter="overlayfs", user=C.NOBODY,
                  memory=C.DEFAULT_MEMORY, cpus=None, pids=C.DEFAULT_PIDS, network=False,
                  mounts=(), writable=(), tmp_size=C.DEFAULT_TMP_SIZE,
                  cgroup_parent=C.DEFAULT_CGROUP_PARENT, scratch=None):
-        self._opts = C.Options(C.resolve_rootfs(rootfs, bundle, image), user=user, memory=memory,
+        self._opts = C.Options(C.resolve_rootfs(rootfs, bundle, image, db, namespace, snapshotter),
+                               user=user, memory=memory,
                                cpus=cpus, pids=pids, network=network, mounts=mounts,
                                writable=writable, cgroup_parent=cgroup_parent, tmp_size=tmp_size)
         self._lock = threading.Lock()
