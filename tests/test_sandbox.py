@@ -13,7 +13,7 @@ import pytest
 
 import pyrun
 from pyrun import sandbox
-from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, NotImplementedYet
+from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound
 from pyrun.fsutil import mounts_under
 from pyrun.runtime.spawn import StepError
 
@@ -116,25 +116,36 @@ def test_mounts_read_only_and_writable(sb, tmp_path):
     assert r.exit_code == 0 and (host / "g").read_text() == "x\n"
 
 
-def test_concurrent_runs(sb):
-    results, errors = [], []
-    lock = threading.Lock()
+def in_threads(worker, n=8):
+    """Run worker(k) for k in range(n) on n threads; raise the first error."""
+    errors = []
 
-    def worker(k):
-        for i in range(k, 100, 8):
-            try:
-                r = pyrun.run(["sh", "-c", f"echo {i}; cat"], stdin=str(i), **sb)
-                with lock:
-                    results.append((i, r))
-            except Exception as e:  # noqa: BLE001 - collected and asserted below
-                errors.append(e)
+    def guarded(k):
+        try:
+            worker(k)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
+    if errors:
+        raise errors[0]
+
+
+def test_concurrent_runs(sb):
+    results = []
+    lock = threading.Lock()
+
+    def worker(k):
+        for i in range(k, 100, 8):
+            r = pyrun.run(["sh", "-c", f"echo {i}; cat"], stdin=str(i), **sb)
+            with lock:
+                results.append((i, r))
+
+    in_threads(worker)
     assert len(results) == 100
     for i, r in results:
         assert r.exit_code == 0 and r.stdout == f"{i}\n{i}".encode()
@@ -252,7 +263,7 @@ def test_bad_rootfs_and_program(sb, tmp_path):
         pyrun.run(["true"], **{**sb, "rootfs": str(tmp_path / "nope")})
     with pytest.raises(InvalidArgument):
         pyrun.run(["true"], **{**sb, "bundle": str(tmp_path)})
-    with pytest.raises(NotImplementedYet):
+    with pytest.raises(InvalidArgument, match="db="):
         pyrun.run(["true"], **{**sb, "rootfs": None, "image": "busybox:latest"})
     with pytest.raises(StepError, match="no-such-program"):
         pyrun.run(["no-such-program"], **sb)
@@ -267,20 +278,49 @@ def test_import_pyrun_is_lazy():
 
 
 def test_concurrent_sandboxes_and_shared_exec(sb):
-    errors = []
     with pyrun.Sandbox(**sb) as shared:
         def worker(k):
-            try:
-                with pyrun.Sandbox(**sb) as own:
-                    for i in range(3):
-                        assert own.exec(["echo", f"{k}-{i}"]).stdout == f"{k}-{i}\n".encode()
-                        assert shared.exec(["cat"], stdin=f"{k}{i}").stdout == f"{k}{i}".encode()
-            except Exception as e:  # noqa: BLE001 - collected and asserted below
-                errors.append(e)
+            with pyrun.Sandbox(**sb) as own:
+                for i in range(3):
+                    assert own.exec(["echo", f"{k}-{i}"]).stdout == f"{k}-{i}\n".encode()
+                    assert shared.exec(["cat"], stdin=f"{k}{i}").stdout == f"{k}{i}".encode()
 
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors
+        in_threads(worker)
+
+
+def test_every_exec_lands_in_the_sandbox_cgroup(sb):
+    # Regression: exec's second stage could ask to be put in the cgroup
+    # before the first stage reported its pid, and stay outside.
+    with pyrun.Sandbox(**sb) as box:
+        for _ in range(40):
+            r = box.exec(["cat", "/proc/self/cgroup"])
+            assert r.exit_code == 0 and b".." not in r.stdout, r.stdout
+
+
+def test_image_from_the_store(sb, busybox_rootfs, tmp_path):
+    from pyrun.fsutil import remove_tree
+    from pyrun.images.build import image_from_dir
+    from pyrun.metadata import DB
+    from pyrun.snapshots import registry
+
+    where = tmp_path / "store"
+    backend = registry.new("overlayfs", str(where / "snapshots"))
+    db = DB(str(where / "meta"), snapshotters={"overlayfs": backend})
+    try:
+        image_from_dir(db, "default", "sandbox-test/busybox:1", busybox_rootfs)
+        kw = {**sb, "rootfs": None, "image": "sandbox-test/busybox:1", "db": db}
+        r = pyrun.run(["sh", "-c", "cat /etc/passwd | head -1; touch /x || echo ro"], **kw)
+        assert r.stdout == b"root:x:0:0:root:/root:/bin/sh\nro\n", r
+        with pyrun.Sandbox(**kw) as box:
+            assert box.exec(["echo", "hi"]).stdout == b"hi\n"
+        with pytest.raises(NotFound):
+            pyrun.run(["true"], **{**kw, "image": "sandbox-test/nope:1"})
+        # only the image's committed layer is left: every view is gone
+        kinds = []
+        db.snapshotter("default", "overlayfs").walk(lambda info: kinds.append(str(info.kind)))
+        assert len(kinds) == 1 and "committed" in kinds[0].lower()
+        assert not mounts_under(str(where))
+    finally:
+        db.close()
+        backend.close()
+        remove_tree(str(where))

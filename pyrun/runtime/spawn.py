@@ -153,6 +153,9 @@ class Child:
         return self.pid
 
     def _converse(self):
+        fork_at = next((i for i, o in enumerate(self.plan.ops) if o.kind == lib.PR_OP_FORK), None)
+        forked = False
+        pending = None
         while True:
             data = self.sock.recv(_MSG.size)
             if not data:
@@ -163,8 +166,14 @@ class Child:
                                 f"the container init exited during create (status {status})")
             kind, op, err, _, value = _MSG.unpack(data)
             if kind == lib.PR_MSG_SYNC:
-                payload = self.on_sync(value, self.pid) or b""
-                self.sock.send(_MSG.pack(lib.PR_MSG_GO, 0, 0, 0, len(payload)) + payload)
+                if fork_at is not None and op > fork_at and not forked:
+                    # The second stage can reach its sync before the first
+                    # stage has reported its pid: acting now would, e.g.,
+                    # put the first stage into the cgroup and leave the
+                    # real process outside.  Answer once the pid is known.
+                    pending = value
+                    continue
+                self._answer(value)
             elif kind == lib.PR_MSG_PID:
                 # Second stage: the first one reported the init and exits.
                 first = self.pid
@@ -172,6 +181,10 @@ class Child:
                 os.close(self.pidfd)
                 self.pid = value
                 self.pidfd = os.pidfd_open(value)
+                forked = True
+                if pending is not None:
+                    self._answer(pending)
+                    pending = None
             elif kind == lib.PR_MSG_ERROR:
                 self._reap_any()
                 step = self.plan.ops[op] if op < len(self.plan.ops) else None
@@ -179,6 +192,10 @@ class Child:
                                 step.phase if step else "", step.kind if step else None)
             elif kind == lib.PR_MSG_READY:
                 return
+
+    def _answer(self, sync):
+        payload = self.on_sync(sync, self.pid) or b""
+        self.sock.send(_MSG.pack(lib.PR_MSG_GO, 0, 0, 0, len(payload)) + payload)
 
     def _reap_any(self):
         try:

@@ -10,12 +10,8 @@ import asyncio
 import functools
 import os
 
-from pyrun.errdefs import PyrunError
 from pyrun.sandbox import api
-
-
-class Cancelled(PyrunError):
-    """The command was killed because the awaiting task was cancelled."""
+from pyrun.sandbox.api import Cancelled
 
 
 async def _call(fn, *args, **kw):

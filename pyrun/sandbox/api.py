@@ -15,10 +15,16 @@ import threading
 import time
 import weakref
 
-from pyrun.errdefs import FailedPrecondition
+from pyrun.errdefs import FailedPrecondition, PyrunError
 from pyrun.jsonio import dumps
 from pyrun.sandbox import config as C
+from pyrun.sandbox.image import ImageSource
 from pyrun.sandbox.pump import Capture, pump
+
+
+class Cancelled(PyrunError):
+    """The command was killed because its caller cancelled it (an asyncio
+    task awaiting :func:`pyrun.run_async` or ``AsyncSandbox.exec``)."""
 
 
 class Result:
@@ -93,9 +99,16 @@ class _Container:
         self.store = Store(os.path.join(self.dir, "state"))
         self.cg = None
         self.st = None
+        self.image = None
         try:
+            rootfs = opts.rootfs
+            if isinstance(rootfs, ImageSource):
+                path = os.path.join(self.dir, "rootfs")
+                os.mkdir(path, 0o755)
+                rootfs.mount(self.cid, path)
+                self.image, rootfs = rootfs, path
             with open(os.path.join(self.dir, "config.json"), "w") as f:
-                f.write(dumps(C.build_spec(opts, self.cid, argv, env, cwd)))
+                f.write(dumps(C.build_spec(opts, self.cid, argv, env, cwd, rootfs)))
             self.cg = C.make_cgroup(opts, self.cid, need_freezer)
             self.st = create(self.store, self.cid, self.dir, stdio=stdio, cgroup_manager=self.cg)
         except BaseException:
@@ -129,8 +142,25 @@ class _Container:
                     pass
                 delete(self.store, self.cid, force=True, cgroup_manager=self.cg)
                 self.st = None
+            if self.image is not None:
+                self.image.unmount(self.cid, os.path.join(self.dir, "rootfs"))
+                self.image = None
         finally:
-            remove_tree(self.dir)
+            # Only what we made is there (config.json, the emptied state
+            # dir): plain unlink/rmdir, which can never cross a mount; the
+            # careful walk only if something else turned up.
+            try:
+                try:
+                    os.unlink(os.path.join(self.dir, "config.json"))
+                except FileNotFoundError:
+                    pass
+                for d in (self.store.root, os.path.join(self.dir, "rootfs"), self.dir):
+                    try:
+                        os.rmdir(d)
+                    except FileNotFoundError:
+                        pass
+            except OSError:
+                remove_tree(self.dir)
 
 
 def _default_scratch():
@@ -172,7 +202,8 @@ def _check_stdin(stdin):
     return bytes(stdin)
 
 
-def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd="/",
+def run(argv, *, rootfs=None, bundle=None, image=None, db=None, namespace="default",
+        snapshotter="overlayfs", stdin=b"", env=None, cwd="/",
         user=C.NOBODY, timeout=C.DEFAULT_TIMEOUT, memory=C.DEFAULT_MEMORY, cpus=None,
         pids=C.DEFAULT_PIDS, network=False, mounts=(), writable=(),
         max_output=C.DEFAULT_MAX_OUTPUT, tmp_size=C.DEFAULT_TMP_SIZE,
@@ -181,7 +212,10 @@ def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd=
 
     The root filesystem is one of ``rootfs`` (a directory, used read-only
     in place), ``bundle`` (an OCI bundle: only its ``root.path`` is used)
-    or ``image`` (reserved for the image store: NotImplementedYet today).
+    or ``image`` (a name in the image store ``db``, a
+    :class:`pyrun.metadata.DB`, tenant ``namespace``: a read-only view
+    snapshot from ``snapshotter`` is mounted for the sandbox and removed
+    after).
     ``stdin``: bytes (or str, UTF-8) fed to the process.  ``env``: a dict
     or ``KEY=VALUE`` list added to a default PATH/HOME/LANG.  ``cwd``:
     absolute path inside.  ``user``: (uid, gid), default nobody.
@@ -200,7 +234,7 @@ def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd=
     tmpfs, else the temp dir).
 
     Raises InvalidArgument (naming the bad argument), NotFound (rootfs,
-    mount source), NotImplementedYet (image), and what the runtime raises
+    mount source, image), and what the runtime raises
     when the container cannot be made (StepError naming the step, e.g. a
     program that does not exist in the rootfs).  Nothing is left behind
     in any case.
@@ -211,8 +245,8 @@ def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd=
     timeout = C.check_timeout(timeout)
     max_output = C.check_max_output(max_output)
     data = _check_stdin(stdin)
-    opts = C.Options(C.resolve_rootfs(rootfs, bundle, image), user=user, memory=memory, cpus=cpus,
-                     pids=pids, network=network, mounts=mounts, writable=writable,
+    opts = C.Options(C.resolve_rootfs(rootfs, bundle, image, db, namespace, snapshotter),
+                     user=user, memory=memory, cpus=cpus, pids=pids, network=network, mounts=mounts, writable=writable,
                      cgroup_parent=cgroup_parent, tmp_size=tmp_size)
     ours, theirs = _pipes()
     ctr = None
@@ -238,7 +272,6 @@ def run(argv, *, rootfs=None, bundle=None, image=None, stdin=b"", env=None, cwd=
             os.close(pidfd)
         cpu, peak, ooms = C.read_usage(ctr.cg)
         if reason == "cancelled":
-            from pyrun.sandbox.aio import Cancelled
             raise Cancelled()
         return Result(code, sig, out.value(), err.value(), ooms > 0, reason == "timeout",
                       out.truncated or err.truncated, wall, cpu / 1e9, peak)
@@ -255,7 +288,7 @@ class Sandbox:
     context manager, or call :meth:`close`.
 
     Takes the container-level arguments of :func:`run` (rootfs/bundle/
-    image, user, memory, cpus, pids, network, mounts, writable, tmp_size,
+    image with db/namespace/snapshotter, user, memory, cpus, pids, network, mounts, writable, tmp_size,
     cgroup_parent, scratch); limits apply to the sandbox as a whole.  The
     idle init does not reap orphans: processes that commands leave behind
     in the background stay zombies (counted against ``pids``) until
@@ -264,11 +297,13 @@ class Sandbox:
     Raises what :func:`run` raises for bad arguments or a failed create.
     """
 
-    def __init__(self, *, rootfs=None, bundle=None, image=None, user=C.NOBODY,
+    def __init__(self, *, rootfs=None, bundle=None, image=None, db=None, namespace="default",
+                 snapshotter="overlayfs", user=C.NOBODY,
                  memory=C.DEFAULT_MEMORY, cpus=None, pids=C.DEFAULT_PIDS, network=False,
                  mounts=(), writable=(), tmp_size=C.DEFAULT_TMP_SIZE,
                  cgroup_parent=C.DEFAULT_CGROUP_PARENT, scratch=None):
-        self._opts = C.Options(C.resolve_rootfs(rootfs, bundle, image), user=user, memory=memory,
+        self._opts = C.Options(C.resolve_rootfs(rootfs, bundle, image, db, namespace, snapshotter),
+                               user=user, memory=memory,
                                cpus=cpus, pids=pids, network=network, mounts=mounts,
                                writable=writable, cgroup_parent=cgroup_parent, tmp_size=tmp_size)
         self._lock = threading.Lock()
@@ -337,9 +372,9 @@ class Sandbox:
                     ours = ()
                     try:
                         reason = pump(pidfd, in_fd, data, out_fd, err_fd, out, err, deadline,
-                                      lambda: self._kill_all_but_init(ctr), _cancel_fd)
+                                      lambda: self._kill_all_but_init(ctr, pid), _cancel_fd)
                     except BaseException:
-                        self._kill_all_but_init(ctr)
+                        self._kill_all_but_init(ctr, pid)
                         raise
                     finally:
                         code, sig = _reap(pid)
@@ -350,7 +385,6 @@ class Sandbox:
                 _close(ours)
             cpu, peak, ooms = C.read_usage(ctr.cg)
         if reason == "cancelled":
-            from pyrun.sandbox.aio import Cancelled
             raise Cancelled()
         return Result(code, sig, out.value(), err.value(), ooms > ooms0, reason == "timeout",
                       out.truncated or err.truncated, wall, (cpu - cpu0) / 1e9, peak)
@@ -362,16 +396,20 @@ class Sandbox:
             b[1].write("memory.max_usage_in_bytes", 0)
 
     @staticmethod
-    def _kill_all_but_init(ctr):
-        """Freeze the group so no fork escapes, SIGKILL every process but
-        the init, thaw."""
+    def _kill_all_but_init(ctr, pid):
+        """SIGKILL the command ``pid`` (our child) and, with the group
+        frozen so that no fork escapes, every process but the init."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         m = ctr.cg.manager
         m.freeze()
         try:
-            for pid in m.pids():
-                if pid != ctr.st.pid:
+            for other in m.pids():
+                if other != ctr.st.pid:
                     try:
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(other, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
         finally:

@@ -24,7 +24,7 @@ import threading
 
 from pyrun import cgroups
 from pyrun.cgroups import fs, paths
-from pyrun.errdefs import InvalidArgument, NotFound, NotImplementedYet
+from pyrun.errdefs import InvalidArgument, NotFound
 from pyrun.oci.seccomp_default import default_profile
 from pyrun.runtime.cgroup import ContainerCgroup
 
@@ -126,18 +126,20 @@ def check_max_output(max_output):
     return _positive("max_output", max_output, int, allow_none=False)
 
 
-def resolve_rootfs(rootfs=None, bundle=None, image=None):
-    """The absolute rootfs directory from exactly one of ``rootfs`` (a
-    directory), ``bundle`` (an OCI bundle: its config's ``root.path``;
-    the rest of its config is not used) or ``image``."""
+def resolve_rootfs(rootfs=None, bundle=None, image=None, db=None, namespace="default",
+                   snapshotter="overlayfs"):
+    """Where the sandbox's root comes from, from exactly one of ``rootfs``
+    (a directory: returns its absolute path), ``bundle`` (an OCI bundle:
+    its config's ``root.path``; the rest of its config is not used) or
+    ``image`` (a name in the image store ``db``, tenant ``namespace``:
+    returns an :class:`~pyrun.sandbox.image.ImageSource`, mounted per
+    sandbox)."""
     given = [n for n, v in (("rootfs", rootfs), ("bundle", bundle), ("image", image)) if v is not None]
     if len(given) != 1:
         raise InvalidArgument(f"give exactly one of rootfs=, bundle=, image= (got {given or 'none'})")
     if image is not None:
-        # Hook for the image store: resolve the reference to an unpacked
-        # (read-only) snapshot and use its mount here.
-        raise NotImplementedYet(f"image={image!r}: sandboxes from images need pyrun's image "
-                                f"store (not there yet); unpack it and pass rootfs=")
+        from pyrun.sandbox.image import ImageSource
+        return ImageSource(image, db, namespace, snapshotter)
     if bundle is not None:
         from pyrun.runtime.create import load_bundle
         _, spec = load_bundle(bundle)
@@ -194,8 +196,9 @@ class Options:
         self.cgroup_parent = paths.clean_path(cgroup_parent)
 
 
-def build_spec(opts, cid, argv, env, cwd):
-    """The OCI config (a dict) of the sandbox's container."""
+def build_spec(opts, cid, argv, env, cwd, rootfs):
+    """The OCI config (a dict) of the sandbox's container, on the
+    directory ``rootfs``."""
     uid, gid = opts.user
     nosuid = ["nosuid", "nodev"]
     mounts = [
@@ -223,7 +226,7 @@ def build_spec(opts, cid, argv, env, cwd):
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
                         {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}],
         },
-        "root": {"path": opts.rootfs, "readonly": True},
+        "root": {"path": rootfs, "readonly": True},
         "hostname": "sandbox",
         "mounts": mounts,
         "linux": {
@@ -322,9 +325,11 @@ def read_usage(cg):
     m = cg.manager
     cpu = peak = ooms = 0
     b = m.backend("cpuacct")
-    if b is not None:
-        cpu = b[1].number("cpuacct.usage") if b[0] == "v1" else \
-            b[1].keyed("cpu.stat").get("usage_usec", 0) * 1000 if b[1].exists("cpu.stat") else 0
+    if b is not None and b[0] == "v1":
+        cpu = b[1].number("cpuacct.usage")
+    elif b is not None and b[1].exists("cpu.stat"):
+        # cgroup2 keeps cpu.stat usage_usec even without the cpu controller.
+        cpu = b[1].keyed("cpu.stat").get("usage_usec", 0) * 1000
     b = m.backend("memory")
     if b is not None:
         peak = b[1].number("memory.max_usage_in_bytes" if b[0] == "v1" else "memory.peak")
