@@ -45,7 +45,8 @@ COMMANDS = {
                  [Flag(("--quick",), "do not re-hash blobs")]),
 }
 
-# group word -> module with one function per sub-command (``images_pull``…)
+# group word (or a whole verb, for one sub-command of another group's module)
+# -> module with one function per sub-command (``images_pull``…)
 HANDLERS = {
     "namespaces": "pyrun.cli.ctl_storage", "content": "pyrun.cli.ctl_storage",
     "snapshots": "pyrun.cli.ctl_storage", "leases": "pyrun.cli.ctl_storage",
@@ -60,3 +61,47 @@ def parse(argv):
 def usage(verb=None):
     return _flags.usage("pyrunctl", "pyrunctl: images, containers and tasks, with tenants",
                         GLOBAL, COMMANDS, verb)
+
+# ---- images and content fetch (pyrun.cli.ctl_images) ----
+_PLATFORM = Flag(("--platform",), "os/arch[/variant] (default: the host's)", True, None)
+_ALL_PLATFORMS = Flag(("--all-platforms",), "every platform of an index")
+_REGISTRY = [Flag(("--user", "-u"), "registry credentials USER:PASSWORD "
+                  "(default: ~/.docker/config.json)", True, None),
+             Flag(("--plain-http",), "speak plain HTTP to the registry"),
+             Flag(("--skip-verify", "-k"), "do not verify the registry's TLS certificate")]
+COMMANDS.update({
+    ("images", "pull"): ("fetch an image, record it and unpack it", [("ref", True)],
+                         [_PLATFORM, _ALL_PLATFORMS, *_REGISTRY,
+                          Flag(("--no-unpack",), "fetch and record only")]),
+    ("images", "push"): ("push an image (LOCAL, default REMOTE) to REMOTE",
+                         [("remote", True), ("local", False)], [_PLATFORM, *_REGISTRY]),
+    ("images", "ls"): ("list images", [], [Flag(("--quiet", "-q"), "names only")]),
+    ("images", "rm"): ("remove images (their content goes at the next gc)", [("refs", "rest")], []),
+    ("images", "tag"): ("name SOURCE's target also TARGET...",
+                        [("source", True), ("targets", "rest")],
+                        [Flag(("--force",), "move a TARGET that exists")]),
+    ("images", "inspect"): ("show an image as JSON: target, manifest, config, layers",
+                            [("ref", True)], [_PLATFORM]),
+    ("images", "check"): ("check that each image's content is complete and unpacked", [], []),
+    ("images", "import"): ("import an OCI layout (tar or dir) or docker-archive and unpack it",
+                           [("file", True)],
+                           [Flag(("--base-name",), "name for entries with a bare tag or none",
+                                 True, None),
+                            Flag(("--index-name",), "also record the layout's index as this image",
+                                 True, None),
+                            _PLATFORM, _ALL_PLATFORMS,
+                            Flag(("--no-unpack",), "import only")]),
+    ("images", "export"): ("export images to a tar (OCI layout or docker-archive)",
+                           [("file", True), ("refs", "rest")],
+                           [Flag(("--format",), "oci or docker", True, "oci"),
+                            _PLATFORM, _ALL_PLATFORMS]),
+    ("images", "mount"): ("mount an image's root filesystem at TARGET (under a 24h lease)",
+                          [("ref", True), ("target", True)],
+                          [_PLATFORM, Flag(("--rw",), "a writable snapshot")]),
+    ("images", "unmount"): ("unmount TARGET; --rm also removes its snapshot and lease",
+                            [("target", True)],
+                            [Flag(("--rm",), "remove the snapshot and lease")]),
+    ("content", "fetch"): ("fetch an image's content and record it, without unpacking",
+                           [("ref", True)], [_PLATFORM, _ALL_PLATFORMS, *_REGISTRY]),
+})
+HANDLERS.update({"images": "pyrun.cli.ctl_images", "content fetch": "pyrun.cli.ctl_images"})
