@@ -129,6 +129,8 @@ def test_mount_without_rm_keeps_a_visible_lease(ctl, registry, images, safe_tmp)
     target.mkdir()
     ctl("images", "mount", "--rw", images["multi"], str(target))
     (target / "scratch").write_text("rw")
+    res = ctl("images", "mount", images["multi"], str(target), ok=False)
+    assert "already a mount point" in res.stderr
     res = ctl("images", "unmount", str(target))
     assert "kept snapshot" in res.stderr and "--rm" in res.stderr
     assert ctl("leases", "ls", "-q").stdout.split() == [str(target)]
@@ -199,6 +201,8 @@ def test_namespaces_see_their_own_images_and_share_bytes(ctl, registry, images):
     assert ctl("images", "ls", "-q", ns="team-a").stdout.split() == [images["multi"]]
     assert ctl("images", "ls", "-q", ns="team-b").stdout.split() == [images["multi"],
                                                                      "team-b/only:1"]
+    assert ctl("images", "ls", "-q", "name==team-b/only:1", ns="team-b").stdout.split() == \
+        ["team-b/only:1"]
     res = ctl("images", "inspect", "team-b/only:1", ns="team-a", ok=False)
     assert "not found in namespace team-a" in res.stderr
     ctl("images", "rm", images["multi"], ns="team-a")
@@ -244,6 +248,12 @@ def test_bad_input(ctl, registry, basic_registry, images, safe_tmp):
     ctl("images", "pull", "--plain-http", "-u", f"{USER}:{PASSWORD}", remote)
     res = ctl("images", "pull", "--plain-http", "--user", "nocolon", remote, ok=False)
     assert "user:password" in res.stderr
+
+    # A lone manifest is taken whatever its platform (as ctr does), with a warning.
+    res = ctl("images", "pull", "--plain-http", "--platform", "linux/s390x", remote,
+              "-u", f"{USER}:{PASSWORD}")
+    assert "unpacking linux/amd64 " in res.stdout
+    assert "is a linux/amd64 image, not linux/s390x" in res.stderr
 
     res = ctl("images", "import", str(safe_tmp / "missing.tar"), ok=False)
     assert "missing.tar" in res.stderr

@@ -13,7 +13,7 @@ import time
 
 from pyrun.cli.ctl import table
 from pyrun.cli.ctl_storage import _fmt_labels, _size
-from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound, PyrunError
+from pyrun.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PyrunError
 
 # ctr images mount leaves its lease for 24 hours unless unmounted with --rm.
 MOUNT_LEASE_HOURS = 24
@@ -81,6 +81,7 @@ def _platform_text(platform):
 def _pull(ctx, unpack):
     from pyrun.images.store import pull_image
     from pyrun.registry import parse_reference
+    from pyrun.registry.manifest import platform_matches
 
     ref = parse_reference(ctx.args.ref)
     platform = _platform(ctx)
@@ -94,8 +95,12 @@ def _pull(ctx, unpack):
         if pulled.chain_id:
             # ctr's last lines; pyrun unpacks while it downloads, so the
             # time is the whole pull's.
-            print(f"unpacking {_platform_text(platform)} {digest}...")
+            got = _images(ctx).config(pulled.image.name, platform).platform
+            print(f"unpacking {got} {digest}...")
             print(f"done: {time.monotonic() - start:.3f}s")
+            if platform is not None and not platform_matches(platform, got):
+                # A lone manifest is taken whatever its platform, as ctr does.
+                _stderr(f"warning: {pulled.image.name} is a {got} image, not {platform}")
         else:
             _stderr(f"{pulled.image.name}: nothing unpacked: no manifest for platform "
                     f"{_platform_text(platform)}")
@@ -123,7 +128,7 @@ def images_push(ctx):
     try:
         push(ref, images.content, root, client=_client(ctx, ref))
     except NotFound as e:
-        if platform is None and root.digest == image.target["digest"]:
+        if platform is None and "not in the content store" in str(e):
             raise NotFound(f"{e} (was {image.name} pulled for one platform only? "
                            "push that one with --platform)") from None
         raise
@@ -172,7 +177,7 @@ def _image_size(images, image):
 
 def images_ls(ctx):
     images = _images(ctx)
-    records = images.list()
+    records = images.list(ctx.args.filters)
     if ctx.args.quiet:
         print("\n".join(i.name for i in records))
         return
@@ -203,17 +208,18 @@ def images_rm(ctx):
 def images_tag(ctx):
     if not ctx.args.targets:
         raise InvalidArgument("images tag: give at least one target name")
+    from pyrun.metadata import Image
+
     images = _images(ctx)
     source = _lookup(images, ctx.args.source)
     for name in ctx.args.targets:
-        if not ctx.args.force:
+        if ctx.args.force:
+            images.tag(source.name, name)
+        else:
             try:
-                images.get(name)
-            except NotFound:
-                pass
-            else:
-                raise AlreadyExists(f"image {name!r}: already exists (use --force to move it)")
-        images.tag(source.name, name)
+                images.records.create(Image(name, source.target, source.labels))
+            except AlreadyExists as e:
+                raise AlreadyExists(f"{e} (use --force to move it)") from None
         print(name)
 
 
@@ -251,7 +257,7 @@ def images_check(ctx):
     images = _images(ctx)
     sn = ctx.snapshotter()
     rows = [("REF", "TYPE", "DIGEST", "STATUS", "SIZE", "UNPACKED")]
-    for image in images.list():
+    for image in images.list(ctx.args.filters):
         target = _target(image)
         required, chain = [target], None
         try:
@@ -287,6 +293,19 @@ def images_check(ctx):
 # ---- import, export ----
 
 def _unpack_imported(ctx, images, records):
+    from pyrun.images.archive import IMPORT_LEASE_EXPIRY
+
+    # Under a lease, as pull unpacks: a concurrent gc cannot take the new
+    # snapshots before the config's gc label holds them.
+    leases = ctx.db.leases(ctx.namespace)
+    lease = leases.create(expire=IMPORT_LEASE_EXPIRY, labels={"pyrun.import": ctx.args.file})
+    try:
+        _unpack_each(ctx, images, records, lease.id)
+    finally:
+        leases.delete(lease.id)
+
+
+def _unpack_each(ctx, images, records, lease):
     platform = _platform(ctx)
     for image in records:
         try:
@@ -299,7 +318,7 @@ def _unpack_imported(ctx, images, records):
             raise
         sys.stdout.write(f"unpacking {image.name} ({image.target['digest']})...")
         sys.stdout.flush()
-        images.unpack(image.name, ctx.args.snapshotter, platform)
+        images.unpack(image.name, ctx.args.snapshotter, platform, lease=lease)
         print("done")
 
 
@@ -360,6 +379,9 @@ def images_mount(ctx):
     target = os.path.abspath(ctx.args.target)
     if not os.path.isdir(target):
         raise NotFound(f"images mount: target {target}: not a directory")
+    if os.path.ismount(target):
+        raise FailedPrecondition(f"images mount: {target} is already a mount point "
+                                 "(`pyrunctl images unmount` it first)")
     images = _images(ctx)
     image = _lookup(images, ctx.args.ref)
     platform = _platform(ctx)
