@@ -259,14 +259,14 @@ def images_check(ctx):
     rows = [("REF", "TYPE", "DIGEST", "STATUS", "SIZE", "UNPACKED")]
     for image in images.list(ctx.args.filters):
         target = _target(image)
-        required, chain = [target], None
+        required, chain = [target], None  # chain: the top chain ID, once the config is read
         try:
             mdesc, doc = _manifest_and_doc(images, image)
             if mdesc.digest != target.digest:
                 required.append(mdesc)
             required += list(children(doc))
             if _has(images.content, doc.config.digest):
-                chain = chain_ids(read_diff_ids(images.content, doc.config))[-1:]
+                chain = (chain_ids(read_diff_ids(images.content, doc.config)) or [""])[-1]
         except NotFound:
             pass
         present = [d for d in required if _has(images.content, d.digest)]
@@ -279,7 +279,7 @@ def images_check(ctx):
         unpacked = False
         if chain:
             try:
-                sn.stat(chain[0])
+                sn.stat(chain)
                 unpacked = True
             except NotFound:
                 pass
