@@ -64,10 +64,12 @@ def images(registry, tmp_path_factory):
 
 def test_pull_ls_inspect_mount_tag_push_rm_gc(ctl, registry, images, safe_tmp):
     ref = images["multi"]
-    out = ctl("images", "pull", "--plain-http", "--platform", "linux/amd64", ref).stdout
+    out = ctl("images", "pull", "--plain-http", "--platform", "linux/amd64", "--print-chainid",
+              ref).stdout
     lines = out.splitlines()
     assert lines[0].startswith(f"{ref} sha256:")             # not a tty: no progress lines
-    assert lines[1].startswith("unpacking linux/amd64 sha256:") and lines[2].startswith("done: ")
+    assert lines[1].startswith("unpacking linux/amd64 sha256:")
+    assert lines[2].startswith("image chain ID: sha256:") and lines[3].startswith("done: ")
     digest = lines[0].split()[1]
 
     assert ctl("images", "ls", "-q").stdout.split() == [ref]
@@ -80,6 +82,7 @@ def test_pull_ls_inspect_mount_tag_push_rm_gc(ctl, registry, images, safe_tmp):
     assert doc["name"] == ref and doc["target"]["digest"] == digest
     assert doc["config"]["document"]["config"]["Entrypoint"] == RICH_CONFIG["Entrypoint"]
     assert len(doc["layers"]) == 2 and all(l["diffID"].startswith("sha256:") for l in doc["layers"])
+    assert doc["chainID"] == lines[2].split()[-1]
     check = ctl("images", "check").stdout.splitlines()[1]
     assert "complete (5/5)" in check and check.endswith("true")
 
@@ -178,6 +181,14 @@ def test_import_export_round_trip(ctl, safe_tmp, images, registry):
 
     assert layers(other) == layers(ctl)
     assert manifest["mediaType"] == OCILayout.MANIFEST
+
+    # "-": the archive on stdout, and back in from stdin.
+    piped = subprocess.run(f"{sys.executable} {PYRUNCTL} --root {ctl.root} images export "
+                           f"--all-platforms - example.com/rt:1 | {sys.executable} {PYRUNCTL} "
+                           f"--root {safe_tmp / 'piped'} images import --no-unpack -",
+                           shell=True, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.split() == ["example.com/rt:1", f"({digest})"]
 
     # The default OCI export holds the host's platform only, under the same index.
     host_tar = str(safe_tmp / "host.tar")

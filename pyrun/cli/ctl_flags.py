@@ -72,7 +72,8 @@ _REGISTRY = [Flag(("--user", "-u"), "registry credentials USER:PASSWORD "
 COMMANDS.update({
     ("images", "pull"): ("fetch an image, record it and unpack it", [("ref", True)],
                          [_PLATFORM, _ALL_PLATFORMS, *_REGISTRY,
-                          Flag(("--no-unpack",), "fetch and record only")]),
+                          Flag(("--no-unpack",), "fetch and record only"),
+                          Flag(("--print-chainid",), "print the unpacked image's chain ID")]),
     ("images", "push"): ("push an image (LOCAL, default REMOTE) to REMOTE",
                          [("remote", True), ("local", False)], [_PLATFORM, *_REGISTRY]),
     ("images", "ls"): ("list images (FILTERS: containerd's, e.g. name~=busybox)",
@@ -85,7 +86,8 @@ COMMANDS.update({
                             [("ref", True)], [_PLATFORM]),
     ("images", "check"): ("check that each image's content is complete and unpacked",
                           [("filters", "rest")], []),
-    ("images", "import"): ("import an OCI layout (tar or dir) or docker-archive and unpack it",
+    ("images", "import"): ("import an OCI layout (tar or dir) or docker-archive (- for stdin) "
+                           "and unpack it",
                            [("file", True)],
                            [Flag(("--base-name",), "name for entries with a bare tag or none",
                                  True, None),
@@ -93,7 +95,7 @@ COMMANDS.update({
                                  True, None),
                             _PLATFORM, _ALL_PLATFORMS,
                             Flag(("--no-unpack",), "import only")]),
-    ("images", "export"): ("export images to a tar (OCI layout or docker-archive)",
+    ("images", "export"): ("export images to a tar (OCI layout or docker-archive; - for stdout)",
                            [("file", True), ("refs", "rest")],
                            [Flag(("--format",), "oci or docker", True, "oci"),
                             _PLATFORM, _ALL_PLATFORMS]),

@@ -8,8 +8,12 @@ a message on stderr and exit status 1.
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
+from functools import partial
 
 from pyrun.cli.ctl import table
 from pyrun.cli.ctl_storage import _fmt_labels, _size
@@ -71,14 +75,18 @@ def _platform(ctx):
     return parse_platform(ctx.args.platform) if ctx.args.platform else None
 
 
-def _platform_text(platform):
+def _host_platform():
     from pyrun.registry.manifest import host_platform
-    return str(platform or host_platform())
+    return host_platform()
+
+
+def _platform_text(platform):
+    return str(platform or _host_platform())
 
 
 # ---- pull, fetch, push ----
 
-def _pull(ctx, unpack):
+def _pull(ctx, unpack, print_chainid=False):
     from pyrun.images.store import pull_image
     from pyrun.registry import parse_reference
     from pyrun.registry.manifest import platform_matches
@@ -97,6 +105,8 @@ def _pull(ctx, unpack):
             # time is the whole pull's.
             got = _images(ctx).config(pulled.image.name, platform).platform
             print(f"unpacking {got} {digest}...")
+            if print_chainid:
+                print(f"image chain ID: {pulled.chain_id}")
             print(f"done: {time.monotonic() - start:.3f}s")
             if platform is not None and not platform_matches(platform, got):
                 # A lone manifest is taken whatever its platform, as ctr does.
@@ -107,7 +117,7 @@ def _pull(ctx, unpack):
 
 
 def images_pull(ctx):
-    _pull(ctx, unpack=not ctx.args.no_unpack)
+    _pull(ctx, unpack=not ctx.args.no_unpack, print_chainid=ctx.args.print_chainid)
 
 
 def content_fetch(ctx):
@@ -322,13 +332,32 @@ def _unpack_each(ctx, images, records, lease):
         print("done")
 
 
+@contextmanager
+def _spool_dir():
+    """A private temporary directory for an archive on its way from stdin
+    or to stdout (tar needs a seekable file); removed with what is in it."""
+    where = tempfile.mkdtemp(prefix="pyrunctl-archive-")
+    try:
+        yield where
+    finally:
+        for name in os.listdir(where):
+            os.unlink(os.path.join(where, name))
+        os.rmdir(where)
+
+
 def images_import(ctx):
     from pyrun.images.archive import import_archive
 
     if not ctx.args.no_unpack:
         ctx.db.backend_snapshotter(ctx.args.snapshotter)  # fail before reading the archive
-    records = import_archive(ctx.db, ctx.namespace, ctx.args.file,
-                             base_name=ctx.args.base_name, index_name=ctx.args.index_name)
+    with _spool_dir() as spool:
+        path = ctx.args.file
+        if path == "-":  # ctr reads the archive from stdin too
+            path = os.path.join(spool, "stdin.tar")
+            with open(path, "wb") as f:
+                shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        records = import_archive(ctx.db, ctx.namespace, path,
+                                 base_name=ctx.args.base_name, index_name=ctx.args.index_name)
     if not records:
         _stderr(f"{ctx.args.file}: no named image in it (give --base-name or --index-name)")
         return 1
@@ -352,21 +381,24 @@ def images_export(ctx):
         raise InvalidArgument("images export: --platform and --all-platforms exclude each other")
     if fmt == "oci":
         # ctr's default: the host's platform only; the index stays whole.
-        platform = None if ctx.args.all_platforms else (_platform(ctx) or
-                                                        _host_platform())
-        export_oci(ctx.db, ctx.namespace, names, ctx.args.file, as_tar=True, platform=platform)
+        platform = None if ctx.args.all_platforms else (_platform(ctx) or _host_platform())
+        write = partial(export_oci, as_tar=True, platform=platform)
     elif fmt == "docker":
         if ctx.args.all_platforms:
             raise InvalidArgument("images export: a docker-archive holds one platform per image; "
                                   "--all-platforms needs --format oci")
-        export_docker(ctx.db, ctx.namespace, names, ctx.args.file, platform=_platform(ctx))
+        write = partial(export_docker, platform=_platform(ctx))
     else:
         raise InvalidArgument(f"images export: --format {fmt!r}: expected oci or docker")
-
-
-def _host_platform():
-    from pyrun.registry.manifest import host_platform
-    return host_platform()
+    if ctx.args.file != "-":
+        write(ctx.db, ctx.namespace, names, ctx.args.file)
+        return
+    with _spool_dir() as spool:  # ctr writes to stdout for "-"
+        path = os.path.join(spool, "export.tar")
+        write(ctx.db, ctx.namespace, names, path)
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
 
 
 # ---- mount, unmount ----
