@@ -216,6 +216,12 @@ def test_namespaces_see_their_own_images_and_share_bytes(ctl, registry, images):
         ["team-b/only:1"]
     res = ctl("images", "inspect", "team-b/only:1", ns="team-a", ok=False)
     assert "not found in namespace team-a" in res.stderr
+    ctl("content", "fetch", "--plain-http", "--all-platforms", images["multi"], ns="team-b")
+    ctl("images", "inspect", "--platform", "linux/arm64", images["multi"], ns="team-b")
+    res = ctl("images", "inspect", "--platform", "linux/arm64", images["multi"], ns="team-a",
+              ok=False)
+    assert "no manifest for platform linux/arm64" in res.stderr
+    blobs = ctl.blob_files()
     ctl("images", "rm", images["multi"], ns="team-a")
     ctl("gc")
     assert ctl.blob_files() == blobs                        # team-b still holds them
@@ -229,6 +235,9 @@ def test_bad_input(ctl, registry, basic_registry, images, safe_tmp):
     assert "HTTP 404: MANIFEST_UNKNOWN" in res.stderr and registry.host in res.stderr
     res = ctl("images", "pull", "--plain-http", "--platform", "linux/s390x", images["arm"], ok=False)
     assert "no manifest for platform linux/s390x" in res.stderr and "linux/arm64" in res.stderr
+    res = ctl("images", "pull", "--plain-http", "--all-platforms", images["arm"])
+    if not os.uname().machine.startswith(("aarch64", "arm64")):
+        assert "nothing unpacked: no manifest for platform" in res.stderr
     # An arm64-only image pulls with --platform, but mounts only for that platform.
     ctl("images", "pull", "--plain-http", "--platform", "linux/arm64", images["arm"])
     target = safe_tmp / "mnt"
