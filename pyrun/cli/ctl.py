@@ -68,7 +68,7 @@ def main(argv=None):
     words = args.verb.split()
     module = importlib.import_module(ctl_flags.HANDLERS.get(args.verb)
                                      or ctl_flags.HANDLERS[words[0]])
-    handler = getattr(module, "_".join(words))
+    handler = getattr(module, "_".join(words).replace("-", "_"))
     ctx = Context(args)
     try:
         return handler(ctx) or 0
