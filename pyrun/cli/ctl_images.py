@@ -36,7 +36,7 @@ def _images(ctx):
 def _lookup(images, name):
     """The image record called ``name``, or else the one called by
     ``name``'s normalised reference; NotFound naming what was tried."""
-    from pyrun.registry import parse_reference
+    from pyrun.registry.reference import parse_reference
 
     try:
         return images.get(name)
@@ -56,14 +56,15 @@ def _lookup(images, name):
 
 
 def _target(image):
-    from pyrun.registry import Descriptor
+    from pyrun.registry.manifest import Descriptor
     return Descriptor.from_dict(image.target, f"image {image.name!r}: target")
 
 
 def _client(ctx, ref):
     """A registry client for ``ref``'s host with the command's
     ``--plain-http``, ``--skip-verify`` and ``--user``."""
-    from pyrun.registry import Client, HostOptions, Hosts
+    from pyrun.registry.client import Client
+    from pyrun.registry.transport import HostOptions, Hosts
 
     opts = HostOptions(plain_http=ctx.args.plain_http, insecure_tls=ctx.args.skip_verify)
     return Client(hosts=Hosts({ref.domain: opts}), credentials=ctx.args.user or None)
@@ -71,7 +72,7 @@ def _client(ctx, ref):
 
 def _platform(ctx):
     """The ``--platform`` given (a Platform), or None for the host's."""
-    from pyrun.registry import parse_platform
+    from pyrun.registry.manifest import parse_platform
     return parse_platform(ctx.args.platform) if ctx.args.platform else None
 
 
@@ -88,7 +89,7 @@ def _platform_text(platform):
 
 def _pull(ctx, unpack, print_chainid=False):
     from pyrun.images.store import pull_image
-    from pyrun.registry import parse_reference
+    from pyrun.registry.reference import parse_reference
     from pyrun.registry.manifest import platform_matches
 
     ref = parse_reference(ctx.args.ref)
@@ -126,7 +127,10 @@ def content_fetch(ctx):
 
 def images_push(ctx):
     from pyrun.images.store import resolve_manifest
-    from pyrun.registry import parse_reference, push
+    # The submodule, not pyrun.registry's lazy name: once pyrun.registry.push
+    # is imported, the package attribute ``push`` is that module.
+    from pyrun.registry.push import push
+    from pyrun.registry.reference import parse_reference
 
     ref = parse_reference(ctx.args.remote)
     images = _images(ctx)
