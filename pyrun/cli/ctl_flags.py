@@ -62,6 +62,53 @@ def usage(verb=None):
     return _flags.usage("pyrunctl", "pyrunctl: images, containers and tasks, with tenants",
                         GLOBAL, COMMANDS, verb)
 
+# ---- images and content fetch (pyrun.cli.ctl_images) ----
+_PLATFORM = Flag(("--platform",), "os/arch[/variant] (default: the host's)", True, None)
+_ALL_PLATFORMS = Flag(("--all-platforms",), "every platform of an index")
+_REGISTRY = [Flag(("--user", "-u"), "registry credentials USER:PASSWORD "
+                  "(default: ~/.docker/config.json)", True, None),
+             Flag(("--plain-http",), "speak plain HTTP to the registry"),
+             Flag(("--skip-verify", "-k"), "do not verify the registry's TLS certificate")]
+COMMANDS.update({
+    ("images", "pull"): ("fetch an image, record it and unpack it", [("ref", True)],
+                         [_PLATFORM, _ALL_PLATFORMS, *_REGISTRY,
+                          Flag(("--no-unpack",), "fetch and record only"),
+                          Flag(("--print-chainid",), "print the unpacked image's chain ID")]),
+    ("images", "push"): ("push an image (LOCAL, default REMOTE) to REMOTE",
+                         [("remote", True), ("local", False)], [_PLATFORM, *_REGISTRY]),
+    ("images", "ls"): ("list images (FILTERS: containerd's, e.g. name~=busybox)",
+                       [("filters", "rest")], [Flag(("--quiet", "-q"), "names only")]),
+    ("images", "rm"): ("remove images (their content goes at the next gc)", [("refs", "rest")], []),
+    ("images", "tag"): ("name SOURCE's target also TARGET...",
+                        [("source", True), ("targets", "rest")],
+                        [Flag(("--force",), "move a TARGET that exists")]),
+    ("images", "inspect"): ("show an image as JSON: target, manifest, config, layers",
+                            [("ref", True)], [_PLATFORM]),
+    ("images", "check"): ("check that each image's content is complete and unpacked",
+                          [("filters", "rest")], []),
+    ("images", "import"): ("import an OCI layout (tar or dir) or docker-archive (- for stdin) "
+                           "and unpack it",
+                           [("file", True)],
+                           [Flag(("--base-name",), "name for entries with a bare tag or none",
+                                 True, None),
+                            Flag(("--index-name",), "also record the layout's index as this image",
+                                 True, None),
+                            _PLATFORM, _ALL_PLATFORMS,
+                            Flag(("--no-unpack",), "import only")]),
+    ("images", "export"): ("export images to a tar (OCI layout or docker-archive; - for stdout)",
+                           [("file", True), ("refs", "rest")],
+                           [Flag(("--format",), "oci or docker", True, "oci"),
+                            _PLATFORM, _ALL_PLATFORMS]),
+    ("images", "mount"): ("mount an image's root filesystem at TARGET (under a 24h lease)",
+                          [("ref", True), ("target", True)],
+                          [_PLATFORM, Flag(("--rw",), "a writable snapshot")]),
+    ("images", "unmount"): ("unmount TARGET; --rm also removes its snapshot and lease",
+                            [("target", True)],
+                            [Flag(("--rm",), "remove the snapshot and lease")]),
+    ("content", "fetch"): ("fetch an image's content and record it, without unpacking",
+                           [("ref", True)], [_PLATFORM, _ALL_PLATFORMS, *_REGISTRY]),
+})
+HANDLERS.update({"images": "pyrun.cli.ctl_images", "content fetch": "pyrun.cli.ctl_images"})
 
 # ---- containers, tasks and run (pyrun/cli/ctl_containers.py) ----
 _RUN_FLAGS = [
