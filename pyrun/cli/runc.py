@@ -72,6 +72,69 @@ def _store(args):
     return Store(args.root)
 
 
+# -- runc's cgroup verbs: pause, resume, ps, update, events ---------------
+
+def cmd_pause(args):
+    from pyrun.runtime.pause import pause
+    pause(_store(args), args.id)
+
+
+def cmd_resume(args):
+    from pyrun.runtime.resume import resume
+    resume(_store(args), args.id)
+
+
+def cmd_ps(args):
+    from pyrun.errdefs import InvalidArgument
+    from pyrun.jsonio import dumps
+    from pyrun.runtime import ps
+
+    if args.format not in ("table", "json"):
+        raise InvalidArgument(f"ps --format {args.format!r}: use table or json")
+    pids = ps.pids(_store(args), args.id)
+    if args.format == "json":
+        print(dumps(pids))
+    else:
+        sys.stdout.write(ps.table(pids, args.ps_args))
+
+
+def cmd_update(args):
+    from pyrun.cli.runc_flags import UPDATE_FLAG_NAMES
+    from pyrun.runtime import update
+
+    if args.resources is not None:
+        from pyrun.errdefs import InvalidArgument
+        from pyrun.jsonio import loads
+        where = "stdin" if args.resources == "-" else args.resources
+        try:
+            if args.resources == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(args.resources, "rb") as f:
+                    data = f.read()
+            resources = loads(data)
+        except ValueError as e:
+            raise InvalidArgument(f"update --resources {where}: not valid JSON: {e}") from None
+    else:
+        given = {name: getattr(args, name.replace("-", "_")) for name in UPDATE_FLAG_NAMES}
+        resources = update.resources_from_flags({k: v for k, v in given.items() if v is not None})
+    update.update(_store(args), args.id, resources)
+
+
+def cmd_events(args):
+    from pyrun.jsonio import dumps
+    from pyrun.runtime import events
+
+    if args.stats:
+        print(dumps(events.stats(_store(args), args.id)), flush=True)
+        return
+    if args.interval <= 0:
+        from pyrun.errdefs import InvalidArgument
+        raise InvalidArgument(f"events --interval: {args.interval} s is not a positive duration")
+    for event in events.events(_store(args), args.id, args.interval):
+        print(dumps(event), flush=True)
+
+
 def cmd_spec(args):
     from pyrun.errdefs import AlreadyExists
     from pyrun.oci.default import default_spec
@@ -198,6 +261,9 @@ VERBS = {
     "state": cmd_state, "kill": cmd_kill, "delete": cmd_delete, "list": cmd_list,
     "features": cmd_features,
 }
+
+VERBS.update({"pause": cmd_pause, "resume": cmd_resume, "ps": cmd_ps, "update": cmd_update,
+              "events": cmd_events})
 
 if __name__ == "__main__":
     sys.exit(main())

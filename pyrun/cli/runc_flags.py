@@ -85,6 +85,67 @@ VERBS = {
 }
 
 
+def duration(text):
+    """A Go duration as runc's --interval takes it (``5s``, ``500ms``,
+    ``1m30s``, ``1h``), or plain seconds (``2``, ``0.5``) -> seconds."""
+    units = (("ms", 0.001), ("us", 1e-6), ("ns", 1e-9), ("h", 3600.0), ("m", 60.0), ("s", 1.0))
+    rest = text.strip()
+    try:
+        return float(rest)
+    except ValueError:
+        pass
+    total = 0.0
+    while rest:
+        i = 0
+        while i < len(rest) and (rest[i].isdigit() or rest[i] == "."):
+            i += 1
+        unit = next((u for u in units if rest[i:].startswith(u[0])), None)
+        if i == 0 or unit is None:
+            raise ValueError(text)
+        total += float(rest[:i]) * unit[1]
+        rest = rest[i + len(unit[0]):]
+    if not text.strip():
+        raise ValueError(text)
+    return total
+
+
+# runc's cgroup verbs: pause, resume, ps, update, events.
+_UPDATE_FLAGS = [
+    ("--blkio-weight", "per-cgroup block IO weight, 10 to 1000"),
+    ("--cpu-period", "CPU CFS period (microseconds)"),
+    ("--cpu-quota", "CPU CFS quota per period (microseconds, -1 for none)"),
+    ("--cpu-share", "CPU shares (relative weight)"),
+    ("--cpu-rt-period", "CPU realtime period (microseconds)"),
+    ("--cpu-rt-runtime", "CPU realtime runtime per period (microseconds)"),
+    ("--cpuset-cpus", "CPUs to use (0-3,5)"),
+    ("--cpuset-mems", "memory nodes to use (0-1)"),
+    ("--memory", "memory limit (bytes, or with a k/m/g/t/p suffix; -1 for none)"),
+    ("--memory-reservation", "memory soft limit (bytes or suffixed size)"),
+    ("--memory-swap", "memory+swap limit (bytes or suffixed size; -1 for unlimited swap)"),
+    ("--kernel-memory", "kernel memory limit (ignored by the kernel, as in runc)"),
+    ("--kernel-memory-tcp", "kernel TCP buffer limit (bytes or suffixed size)"),
+    ("--pids-limit", "maximum number of pids (-1 for none)"),
+    ("--l3-cache-schema", "Intel RDT L3 cache schema (not supported)"),
+    ("--mem-bw-schema", "Intel RDT memory bandwidth schema (not supported)"),
+]
+UPDATE_FLAG_NAMES = [name[2:] for name, _ in _UPDATE_FLAGS]
+
+VERBS.update({
+    "pause": ("freeze all processes of a container", [("id", True)], []),
+    "resume": ("thaw a paused container", [("id", True)], []),
+    "ps": ("list a container's processes (ps options after the id; default -ef)",
+           [("id", True), ("ps_args", "rest")],
+           [Flag(("--format", "-f"), "table or json", True, "table")]),
+    "update": ("change a container's cgroup limits", [("id", True)],
+               [Flag(("--resources", "-r"), "linux.resources JSON file, or - for stdin "
+                     "(the other flags are then ignored)", True, None)]
+               + [Flag((name,), help, True, None) for name, help in _UPDATE_FLAGS]),
+    "events": ("print a container's stats and OOM events as JSON lines", [("id", True)],
+               [Flag(("--interval",), "stats interval (5s, 500ms, or seconds)", True, 5.0, duration),
+                Flag(("--stats",), "print the stats once and exit")]),
+})
+
+
 class Args:
     def __init__(self, **kw):
         self.__dict__.update(kw)

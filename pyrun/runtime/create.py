@@ -109,6 +109,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             cgroup_manager.create()
             created_cgroup = True
             st.cgroup = cgroup_manager.describe()
+            st.oom = cgroup_manager.oom_counter()
         if stdio is not None:
             moved = []
             for fd in stdio:

@@ -27,15 +27,19 @@ def wait_gone(pid, start_time, timeout=10.0):
 
 def delete(store, cid, force=False, cgroup_manager=None):
     """Delete container ``cid``.  A created container's init is killed;
-    a running one needs ``force`` (SIGKILL).  Raises NotFound,
-    FailedPrecondition.  poststop hook failures are warnings."""
+    a running or paused one needs ``force`` (SIGKILL, then a thaw for a
+    paused one).  Raises NotFound, FailedPrecondition.  poststop hook
+    failures are warnings."""
     lock = store.lock(cid)
     try:
         st = store.load(cid)
         require(st, "delete", st.status.can_delete(force))
-        if st.status in (Status.CREATED, Status.RUNNING) and st.alive():
+        if st.status in (Status.CREATED, Status.RUNNING, Status.PAUSED) and st.alive():
             from pyrun.runtime.kill import signal_container
             signal_container(st, 9)
+            if st.status == Status.PAUSED:
+                from pyrun.runtime.resume import thaw
+                thaw(store, st, save=False)
             wait_gone(st.pid, st.start_time)
         if cgroup_manager is None and st.cgroup:
             from pyrun.runtime.cgroup import manager_from_state

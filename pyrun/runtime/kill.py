@@ -5,7 +5,7 @@ import signal as _signal
 
 from pyrun import linux
 from pyrun.errdefs import InvalidArgument
-from pyrun.runtime.state import proc_start_time, require
+from pyrun.runtime.state import Status, proc_start_time, require
 
 
 def parse_signal(s):
@@ -41,7 +41,7 @@ def signal_container(st, sig):
         os.close(fd)
 
 
-def _same_pidns(pid):
+def same_pidns(pid):
     """Pids sharing ``pid``'s pid namespace, seen from the host."""
     try:
         ns = os.readlink(f"/proc/{pid}/ns/pid")
@@ -63,20 +63,31 @@ def _same_pidns(pid):
 def kill(store, cid, sig=_signal.SIGTERM, all=False, cgroup_manager=None):
     """Send ``sig`` (number) to container ``cid``.  ``all``: every process
     of the container (its cgroup, or its pid namespace).  Raises NotFound,
-    FailedPrecondition (not created or running)."""
-    st = store.load(cid)
-    require(st, "kill", st.status.can_kill())
-    if all:
-        if cgroup_manager is None and st.cgroup:
-            from pyrun.runtime.cgroup import manager_from_state
-            cgroup_manager = manager_from_state(st)
-        if cgroup_manager is not None:
-            cgroup_manager.kill_all(sig)
-            return
-        for pid in _same_pidns(st.pid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        return
-    signal_container(st, sig)
+    FailedPrecondition (not created, running or paused).
+
+    A paused container stays frozen for every signal but SIGKILL, which
+    is followed by a thaw so that the processes can die (runc does the
+    same); the container is then no longer paused."""
+    lock = store.lock(cid)
+    try:
+        st = store.load(cid)
+        require(st, "kill", st.status.can_kill())
+        if all:
+            if cgroup_manager is None and st.cgroup:
+                from pyrun.runtime.cgroup import manager_from_state
+                cgroup_manager = manager_from_state(st)
+            if cgroup_manager is not None:
+                cgroup_manager.kill_all(sig)
+            else:
+                for pid in same_pidns(st.pid):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+        else:
+            signal_container(st, sig)
+        if st.status == Status.PAUSED and sig == _signal.SIGKILL:
+            from pyrun.runtime.resume import thaw
+            thaw(store, st)
+    finally:
+        os.close(lock)
