@@ -145,6 +145,13 @@ def test_podman_privileged_and_cap_drop_all(podman):
     assert r.stdout.split() == ["65534", "CapEff:", "0000000000000000"]
 
 
+def test_podman_read_only_and_tmpfs(podman):
+    # Both give tmpfs mounts with runc's "tmpcopyup" option.
+    r = _podman_run(podman, "sh", "-c", "touch /tmp/x && ! touch /x 2>/dev/null && cat /etc/group",
+                    options=["--rm", "--read-only", "--tmpfs", "/etc"])
+    assert (r.returncode, r.stdout) == (0, "root:x:0:\nnogroup:x:65534:\n"), r.stderr
+
+
 def test_podman_container_verbs(podman):
     pm = podman
     r = _podman_run(pm, "sleep", "1000", options=["-d", "--name", "c1"])

@@ -44,7 +44,7 @@ _RECURSIVE = {
     "rnoatime": (0x10, 0x70), "rstrictatime": (0x20, 0x70), "rrelatime": (0, 0x70),
     "rnosymfollow": (0x200000, 0), "rsymfollow": (0, 0x200000),
 }
-_UNSUPPORTED_OPTIONS = ("tmpcopyup", "idmap", "ridmap")
+_UNSUPPORTED_OPTIONS = ("idmap", "ridmap")
 
 DEFAULT_DEVICES = (
     # path, major, minor (all char devices, 0666, root:root), as runc.
@@ -203,8 +203,15 @@ def _plan_mount(plan, i, m, inp, cgroupns):
     props = 0
     rec_set = rec_clr = 0
     plain = []
+    copyup = 0
     for opt in m.options:
-        if opt in _PROPAGATION:
+        if opt == "tmpcopyup":
+            # runc's extension (podman's --tmpfs and --read-only use it).
+            if m.type != "tmpfs":
+                raise InvalidArgument(f"mounts[{i}].options: 'tmpcopyup' needs type tmpfs, "
+                                      f"not {m.type!r}")
+            copyup = lib.PR_MNT_COPYUP
+        elif opt in _PROPAGATION:
             props |= _PROPAGATION[opt]
         elif opt in _RECURSIVE:
             s, c = _RECURSIVE[opt]
@@ -230,8 +237,9 @@ def _plan_mount(plan, i, m, inp, cgroupns):
     if data and len(data) > 4095:
         raise InvalidArgument(f"mounts[{i}].options: data longer than a page")
     what = f"mount {m.type or m.source} on {m.destination} ({L.flag_names(flags, L.MS_FLAGS)}{', ' + data if data else ''})"
-    plan.add(lib.PR_OP_MOUNT, what, "rootfs", s1=m.source or m.type, s2=dest,
-             s3=m.type or None, s4=data or None, flags=flags, flags3=props, n2=rec_set, n3=rec_clr)
+    plan.add(lib.PR_OP_MOUNT, what + (", copy up" if copyup else ""), "rootfs",
+             s1=m.source or m.type, s2=dest, s3=m.type or None, s4=data or None, flags=flags,
+             flags3=props, n1=copyup, n2=rec_set, n3=rec_clr)
 
 
 def build(spec, inp):
