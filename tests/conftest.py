@@ -43,9 +43,10 @@ def safe_tmp(tmp_path):
     remove_tree(str(tmp_path))
 
 
+
 def _unmount_leftovers(where):
-    """Detach any mount a test left below ``where`` so that pytest's own
-    temp-dir cleanup (shutil.rmtree) can never descend into a mount."""
+    """Detach any mount a test left below ``where`` so that removing the
+    temp dir can never descend into a mount."""
     from pyrun import linux
     from pyrun.fsutil import mounts_under
 
@@ -58,15 +59,25 @@ def _unmount_leftovers(where):
     return left
 
 
-PYTEST_TMP = f"/tmp/pytest-of-{os.environ.get('USER', 'root')}"
-
-
 def pytest_configure(config):
-    _unmount_leftovers(PYTEST_TMP)
+    # A private base temp dir per session: pytest's own numbered dirs are
+    # pruned by rmtree across sessions, which could walk into the mounts
+    # of another session still running on this machine.
+    if config.option.basetemp is None:
+        import tempfile
+        config.option.basetemp = tempfile.mkdtemp(prefix="pyrun-tests-")
+        config._pyrun_basetemp = config.option.basetemp
 
 
-def pytest_sessionfinish(session, exitstatus):
-    left = _unmount_leftovers(PYTEST_TMP)
+def pytest_unconfigure(config):
+    base = getattr(config, "_pyrun_basetemp", None)
+    if base is None:
+        return
+    left = _unmount_leftovers(base)
     if left:
         print(f"\nWARNING: tests left mounts behind (now detached): {left}")
-from registry_fixtures import *  # noqa: F401,F403  (registry test fixtures)
+    try:
+        remove_tree(base)
+    except OSError as e:
+        print(f"\nWARNING: could not remove {base}: {e}")
+from registry_fixtures import *  # noqa: E402,F401,F403  (registry test fixtures)

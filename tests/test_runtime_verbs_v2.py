@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pyrun.cgroups import detect, new_manager
+from pyrun.cgroups import new_manager
 from pyrun.runtime import events, update
 from pyrun.runtime.cgroup import ContainerCgroup
 from pyrun.runtime.kill import kill
@@ -22,23 +22,16 @@ from pyrun.runtime.pause import pause
 from pyrun.runtime.resume import resume
 from pyrun.runtime.state import State, Status, Store, now_rfc3339, proc_start_time
 
-from cgroup_helpers import go, new_parent_name, remove_test_parent, spawn
+from cgroup_helpers import go, new_parent_name, pure_v2, remove_test_parent, spawn
 
 ROOT = "/sys/fs/cgroup"
-
-
-def _is_v2():
-    try:
-        return detect() == "v2"
-    except Exception:
-        return False
 
 
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0 or not _is_v2(),
-                       reason="needs root on a pure cgroup v2 host (scripts/vm-cgroup-v2)"),
+    pytest.mark.skipif(os.geteuid() != 0 or not pure_v2(), reason="needs root on a pure "
+                       "cgroup v2 host: scripts/vm-cgroup-v2 tests/test_runtime_verbs_v2.py"),
 ]
 
 

@@ -56,6 +56,12 @@ def main(argv=None):
                   "--systemd-cgroup: not supported by pyrun yet")
         return 1
     try:
+        if args.trace or args.trace_format or os.environ.get("PYRUN_TRACE", "") not in ("", "0"):
+            # Teaching mode (pyrun.trace); nothing of it is imported otherwise.
+            from pyrun.trace import tracing
+            from pyrun.trace.tracer import from_environ
+            with tracing(from_environ(True, args.trace_format or None)):
+                return VERBS[args.verb](args) or 0
         return VERBS[args.verb](args) or 0
     except PyrunError as e:
         log.error(str(e))

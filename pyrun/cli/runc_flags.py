@@ -1,33 +1,16 @@
-"""runc's command-line flags as data, apart from the verbs that use them
-(as youki's liboci-cli), and a small parser for them.
-
-argparse is not used: importing it (and ``re`` behind it) costs more than
-a container start, and every ``pyrun`` call would pay it.  Flags follow
-runc's (urfave/cli) conventions: ``--flag value``, ``--flag=value``,
-``-flag value``, short aliases, flags before or after positionals.
-"""
-from pyrun.errdefs import InvalidArgument
-
-
-class Flag:
-    """``multiple``: the flag may repeat; its value is a list."""
-    __slots__ = ("names", "dest", "takes_value", "default", "help", "convert", "multiple")
-
-    def __init__(self, names, help, takes_value=False, default=None, convert=str, multiple=False):
-        self.names = names
-        self.dest = names[0].lstrip("-").replace("-", "_")
-        self.takes_value = takes_value or multiple
-        self.default = default if self.takes_value else bool(default)
-        self.help = help
-        self.convert = convert
-        self.multiple = multiple
-
+"""runc's command-line flags and verbs as data (as youki's liboci-cli),
+apart from the verbs that use them (pyrun/cli/runc.py).  The parser is
+:mod:`pyrun.cli.flags`."""
+from pyrun.cli import flags as _flags
+from pyrun.cli.flags import Flag
 
 GLOBAL = [
     Flag(("--root",), "state directory", True, "/run/pyrun"),
     Flag(("--log",), "log file (errors are also written to stderr)", True, ""),
     Flag(("--log-format",), "log format: text or json", True, "text"),
     Flag(("--debug",), "log debug messages"),
+    Flag(("--trace",), "teaching mode: print every kernel step to stderr (also PYRUN_TRACE=1)"),
+    Flag(("--trace-format",), "trace format: text or json (also PYRUN_TRACE=json)", True, ""),
     Flag(("--systemd-cgroup",), "manage cgroups through systemd (needs a running systemd)"),
     Flag(("--rootless",), "accepted for runc compatibility", True, "auto"),
     Flag(("--criu",), "accepted for runc compatibility", True, ""),
@@ -45,7 +28,7 @@ CREATE = [
 ]
 
 # verb -> (summary, positionals [(name, required)], flags)
-VERBS = {
+VERBS = {k if isinstance(k, tuple) else (k,): v for k, v in {
     "spec": ("write a default config.json", [],
              [Flag(("--bundle", "-b"), "where to write config.json", True, "."),
               Flag(("--rootless",), "a spec for a rootless container")]),
@@ -82,7 +65,7 @@ VERBS = {
              [Flag(("--format", "-f"), "table or json", True, "table"),
               Flag(("--quiet", "-q"), "print ids only")]),
     "features": ("print what this runtime supports (JSON)", [], []),
-}
+}.items()}
 
 
 def duration(text):
@@ -130,7 +113,7 @@ _UPDATE_FLAGS = [
 ]
 UPDATE_FLAG_NAMES = [name[2:] for name, _ in _UPDATE_FLAGS]
 
-VERBS.update({
+VERBS.update({(k,): v for k, v in {
     "pause": ("freeze all processes of a container", [("id", True)], []),
     "resume": ("thaw a paused container", [("id", True)], []),
     "ps": ("list a container's processes (ps options after the id; default -ef)",
@@ -143,116 +126,16 @@ VERBS.update({
     "events": ("print a container's stats and OOM events as JSON lines", [("id", True)],
                [Flag(("--interval",), "stats interval (5s, 500ms, or seconds)", True, 5.0, duration),
                 Flag(("--stats",), "print the stats once and exit")]),
-})
+}.items()})
 
 
-class Args:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
-def _lookup(flags, arg):
-    name, eq, value = arg.partition("=")
-    if not name.startswith("--") and len(name) > 2:
-        name = "-" + name  # runc accepts -flag for --flag
-    for f in flags:
-        if name in f.names:
-            return f, (value if eq else None)
-    return None, None
-
-
-def _take(flags, argv, i, out, where):
-    f, value = _lookup(flags, argv[i])
-    if f is None:
-        raise InvalidArgument(f"{where}: unknown flag {argv[i]!r} (see --help)")
-    if f.takes_value:
-        if value is None:
-            if i + 1 >= len(argv):
-                raise InvalidArgument(f"{where}: {f.names[0]} needs a value")
-            i += 1
-            value = argv[i]
-        try:
-            if f.multiple:
-                out[f.dest] = list(out.get(f.dest) or []) + [f.convert(value)]
-            else:
-                out[f.dest] = f.convert(value)
-        except ValueError:
-            raise InvalidArgument(f"{where}: {f.names[0]}: bad value {value!r}") from None
-    else:
-        out[f.dest] = value not in ("false", "0") if value is not None else True
-    return i + 1
 
 
 def parse(argv):
-    """Parse ``argv`` (without the program name) into an :class:`Args`
-    with ``verb`` set (None for no verb).  Raises InvalidArgument."""
-    out = {f.dest: f.default for f in GLOBAL}
-    i = 0
-    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
-        i = _take(GLOBAL, argv, i, out, "pyrun")
-    if i >= len(argv):
-        out["verb"] = None
-        return Args(**out)
-    verb = argv[i]
-    if verb not in VERBS:
-        raise InvalidArgument(f"unknown command {verb!r} (see pyrun --help)")
-    out["verb"] = verb
-    _, positionals, flags = VERBS[verb]
-    flags = flags + [Flag(("--help", "-h"), "show help")]
-    out.update({f.dest: f.default for f in flags})
-    values = []
-    i += 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            values.extend(argv[i + 1:])
-            break
-        fixed = [p for p in positionals if p[1] != "rest"]
-        if arg.startswith("-") and arg != "-" and not (values and len(values) >= len(fixed)):
-            i = _take(flags, argv, i, out, f"pyrun {verb}")
-            continue
-        values.append(arg)
-        i += 1
-        if len(values) == len(fixed) and len(fixed) < len(positionals):
-            # Everything after the fixed positionals is the command (exec).
-            values.append(argv[i + (argv[i:i + 1] == ["--"]):])
-            break
-    if out.get("help"):
-        return Args(**out)
-    for n, (name, required) in enumerate(positionals):
-        if required == "rest":
-            out[name] = values[n] if n < len(values) else []
-        elif n < len(values):
-            out[name] = values[n]
-        elif required:
-            raise InvalidArgument(f"pyrun {verb}: missing the {name} argument")
-        else:
-            out[name] = None
-    if len(values) > len(positionals):
-        raise InvalidArgument(f"pyrun {verb}: unexpected argument {values[len(positionals)]!r}")
-    return Args(**out)
-
-
-def _flag_lines(flags):
-    lines = []
-    for f in flags:
-        names = ", ".join(f.names) + (" VALUE" if f.takes_value else "")
-        default = f" (default {f.default})" if f.takes_value and f.default not in (None, "") else ""
-        lines.append(f"  {names:<28} {f.help}{default}")
-    return lines
+    """Parse ``pyrun``'s argv (without the program name)."""
+    return _flags.parse(argv, "pyrun", GLOBAL, VERBS)
 
 
 def usage(verb=None):
-    if verb is None:
-        lines = ["usage: pyrun [global flags] COMMAND [flags] [args]", "",
-                 "pyrun: an OCI runtime with runc's command line", "", "commands:"]
-        lines += [f"  {name:<10} {summary}" for name, (summary, _, _) in VERBS.items()]
-        lines += ["", "global flags:"] + _flag_lines(GLOBAL)
-    else:
-        summary, positionals, flags = VERBS[verb]
-        args = " ".join(n.upper() + "..." if r == "rest" else n.upper() if r else f"[{n.upper()}]"
-                        for n, r in positionals)
-        lines = [f"usage: pyrun {verb} [flags] {args}".rstrip(), "", summary]
-        if flags:
-            lines += ["", "flags:"] + _flag_lines(flags)
-    return "\n".join(lines) + "\n"
+    return _flags.usage("pyrun", "pyrun: an OCI runtime with runc's command line", GLOBAL, VERBS,
+                        verb)

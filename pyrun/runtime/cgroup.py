@@ -63,6 +63,7 @@ def wanted(spec):
 def manager_for(spec, cid, systemd=False):
     """The adapter for a new container.  Raises InvalidArgument naming the
     bad ``linux.resources`` field, or the cgroups errors (systemd, mode)."""
+    from pyrun import cgroups  # only when a container has cgroups: it is a costly import
     res = cgroups.parse_resources(spec.linux.resources or {})
     res = res.with_devices(cgroups.devices.default_allowed([d.path for d in spec.linux.devices]))
     return ContainerCgroup(cgroups.new_manager(spec.linux.cgroups_path, cid, systemd=systemd), res)

@@ -8,6 +8,7 @@ its state directory removed, and the error names the step that failed.
 import os
 
 from pyrun.errdefs import InvalidArgument, NotFound
+from pyrun import trace
 from pyrun.jsonio import dumps, loads
 from pyrun.oci import spec as ocispec
 from pyrun.oci.validate import validate
@@ -39,12 +40,14 @@ def load_bundle(bundle):
     return raw, spec
 
 
-def _write_id_maps(pid, spec):
+def _write_id_maps(pid, spec, tr=None):
     linux = spec.linux
     for name, maps in (("uid_map", linux.uid_mappings), ("gid_map", linux.gid_mappings)):
         data = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps)
-        with open(f"/proc/{pid}/{name}", "w") as f:
-            f.write(data)
+        with (trace.NO_SPAN if tr is None else
+              tr.span("namespaces", f"write(\"/proc/{pid}/{name}\", {data!r})")):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(data)
 
 
 def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file=None,
@@ -77,10 +80,12 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
         if cgroup.wanted(spec):
             cgroup_manager = cgroup.manager_for(spec, cid)
 
+    tr = trace.current()
     store.reserve(cid)
     low = 3 + preserve_fds
     fds = []
     child = None
+    child_trace = None
     created_cgroup = False
     st = State(id=cid, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
                annotations=dict(spec.annotations), config=raw)
@@ -90,6 +95,11 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
     try:
         fifo = store.fifo(cid)
         os.mkfifo(fifo, 0o622)
+        if tr is not None:
+            tr.call("setup", f"mkfifo(\"{fifo}\", 0622): start will write here to let the init exec")
+            from pyrun.trace.child import CreateTrace
+            child_trace = CreateTrace(store.dir(cid), low)
+            st.traced = True
         fifo_fd = planner.high_fd(os.open(fifo, os.O_RDWR | os.O_CLOEXEC), low)
         fds.append(fifo_fd)
         if console_socket is not None:
@@ -132,7 +142,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
 
         def on_sync(kind, pid):
             if kind == planner.SYNC_IDMAP:
-                _write_id_maps(pid, spec)
+                _write_id_maps(pid, spec, tr)
             elif kind == planner.SYNC_CGROUP:
                 cgroup_manager.apply(pid)
             elif kind == planner.SYNC_HOOKS:
@@ -147,7 +157,10 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
                 return dumps(state).encode()
             return b""
 
-        child = Child(plan, on_sync, low_fd=low)
+        if child_trace is not None:
+            child_trace.describe(plan, spec)
+        child = Child(plan, on_sync, low_fd=low,
+                      trace_fd=child_trace.write_fd if child_trace is not None else -1)
         pid = child.spawn()
         if cgroup_manager is not None and planner.SYNC_CGROUP not in plan.syncs:
             cgroup_manager.apply(pid)
@@ -179,3 +192,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
                 os.close(fd)
             except OSError:
                 pass
+        if child_trace is not None:
+            child_trace.collect(tr, child.pid if child is not None else None)
+        if tr is not None:
+            tr.flush(f"create {cid}")

@@ -128,8 +128,11 @@ def _cgroup_hierarchies():
         for line in f:
             left, _, right = line.partition(" - ")
             fields = right.split()
-            if fields and fields[0] in ("cgroup", "cgroup2"):
-                mp = left.split()[4]
+            mp = left.split()[4]
+            # Only the host's hierarchies: a container without a mount
+            # namespace may have cgroup mounts under its rootfs right now.
+            if fields and fields[0] in ("cgroup", "cgroup2") and (
+                    mp == "/sys/fs/cgroup" or mp.startswith("/sys/fs/cgroup/")):
                 out.append((mp, fields[0], fields[2] if len(fields) > 2 else ""))
     return out
 

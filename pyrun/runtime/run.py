@@ -5,6 +5,7 @@ The exit status is the container process's: its exit code, or 128+N if a
 signal N ended it.  A terminal container in the foreground without
 ``--console-socket`` gets a pty that this process relays to its own stdio.
 """
+from pyrun import trace
 from pyrun.errdefs import InvalidArgument
 from pyrun.runtime import foreground
 from pyrun.runtime.create import create, load_bundle
@@ -37,7 +38,13 @@ def run(store, cid, bundle, *, detach=False, keep=False, console_socket=None, **
             return 0
         with foreground.forwarding(st.pid):
             start(store, cid)
+            tr = trace.current()
+            t0 = tr.now() if tr is not None else 0
             status = foreground.wait(st.pid, master)
+            if tr is not None:
+                tr.call("exec", f"wait4({st.pid}): the container's process runs, run waits for it",
+                        f"exit status {status}", t=t0)
+                tr.flush(f"run {cid}")
     except BaseException:
         if not detach:
             try:

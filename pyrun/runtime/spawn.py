@@ -10,6 +10,7 @@ import os
 import _socket
 import struct
 
+from pyrun import trace
 from pyrun._native import ffi, lib
 from pyrun.runtime.plan import high_fd
 
@@ -125,10 +126,17 @@ class Child:
         """Clone the child and drive it to READY.  Returns the init pid.
         Raises StepError (after reaping the child) if a step fails."""
         pidfd = ffi.new("int *", -1)
+        tr = trace.current()
+        t0 = tr.now() if tr is not None else 0
         pid = lib.pr_spawn(self._cplan, self.plan.clone_flags, pidfd)
+        err = ffi.errno if pid < 0 else 0
         os.close(self._child_fd)
+        if tr is not None:
+            from pyrun.linux import CLONE_PIDFD
+            from pyrun.trace.steps import clone_flags
+            tr.call("namespaces", f"clone3({clone_flags(self.plan.clone_flags | CLONE_PIDFD)}, "
+                    "exit_signal=SIGCHLD)", f"{pid} (the child's pid on the host)", err, t0)
         if pid < 0:
-            err = ffi.errno
             raise StepError(err, f"clone {self.plan.clone_flags:#x}", "namespaces")
         self.pid = pid
         self.pidfd = pidfd[0]

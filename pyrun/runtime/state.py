@@ -99,12 +99,14 @@ class State(Record):
     are its own, unmounted on delete); ``oom`` [path of the memory group's
     file with the ``oom_kill`` counter, its value at create] (empty without
     a memory group); ``oom_kills`` how many of the container's processes
-    the kernel's OOM killer has killed since create (refreshed on load)."""
+    the kernel's OOM killer has killed since create (refreshed on load);
+    ``traced`` whether create left a trace pipe for start (pyrun.trace)."""
     __slots__ = ("id", "bundle", "rootfs", "pid", "start_time", "status", "created",
-                 "annotations", "config", "cgroup", "owner", "host_mounts", "oom", "oom_kills")
+                 "annotations", "config", "cgroup", "owner", "host_mounts", "oom", "oom_kills",
+                 "traced")
     _defaults = {"pid": 0, "start_time": 0, "status": Status.CREATING, "created": "",
                  "annotations": dict, "config": dict, "cgroup": dict, "owner": "",
-                 "host_mounts": None, "oom": list, "oom_kills": 0}
+                 "host_mounts": None, "oom": list, "oom_kills": 0, "traced": False}
 
     def alive(self):
         return bool(self.pid) and proc_start_time(self.pid) == self.start_time
@@ -152,14 +154,17 @@ def unmount_own(st):
     the caller's namespace under its rootfs, deepest first."""
     if st.host_mounts is None:
         return
-    from pyrun import linux
+    from pyrun import linux, trace
     from pyrun.fsutil import mounts_under
 
+    tr = trace.current()
     keep = set(st.host_mounts)
     for m in mounts_under(st.rootfs):
         if m not in keep:
             try:
-                linux.umount2(m, linux.MNT_DETACH)
+                with (trace.NO_SPAN if tr is None else
+                      tr.span("cleanup", f"umount2(\"{m}\", MNT_DETACH)")):
+                    linux.umount2(m, linux.MNT_DETACH)
             except OSError:
                 pass
 
@@ -255,9 +260,10 @@ class Store:
         return out
 
     def remove(self, cid):
-        """Remove the container's directory (state.json, exec.fifo)."""
+        """Remove the container's directory (state.json, exec.fifo, and
+        the trace files of a traced create)."""
         d = self.dir(cid)
-        for name in ("exec.fifo", "state.json"):
+        for name in ("exec.fifo", "state.json", "trace.fifo", "trace.json"):
             try:
                 os.unlink(os.path.join(d, name))
             except FileNotFoundError:
