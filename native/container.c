@@ -1029,6 +1029,31 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 		}
 		return 0;
 	}
+	case PR_OP_DEVNULL: {
+		/* stdin, stdout, stderr that are /dev/null (the host's, maybe
+		 * opened read-only: containerd's --null-io gives all three as
+		 * one O_RDONLY fd) become the container's /dev/null opened
+		 * read-write, as runc does after pivot_root. */
+		struct stat null_st, st;
+		int fd = (int)syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		if (syscall(SYS_fstat, fd, &null_st) < 0) {
+			int r = -errno;
+			syscall(SYS_close, fd);
+			return r;
+		}
+		for (int i = 0; i < 3; i++) {
+			if (syscall(SYS_fstat, i, &st) == 0 && S_ISCHR(st.st_mode) &&
+			    st.st_rdev == null_st.st_rdev && syscall(SYS_dup3, fd, i, 0) < 0) {
+				int r = -errno;
+				syscall(SYS_close, fd);
+				return r;
+			}
+		}
+		syscall(SYS_close, fd);
+		return 0;
+	}
 	case PR_OP_CHROOT:
 		/* No mount namespace: pivot_root would swap the root of every
 		 * process sharing this namespace, so only chroot (as runc). */

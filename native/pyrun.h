@@ -101,6 +101,7 @@ int pr_execve(const char *path, char *const argv[], char *const envp[]);
 #define PR_OP_EXEC 33
 #define PR_OP_CHROOT 34
 #define PR_OP_STDIO 35
+#define PR_OP_DEVNULL 36
 
 /* Messages from the child on the sync socket. */
 #define PR_MSG_SYNC 1	/* waiting for the parent (value: what for) */

@@ -41,6 +41,12 @@ def test_ctr_run_exit_status(containerd):
     assert r.returncode == 7, r.stderr + containerd.calls()
 
 
+def test_ctr_run_null_io(containerd):
+    # The shim gives one read-only /dev/null fd as stdin, stdout and stderr.
+    r = _ctr_run(containerd, "run5", "sh", "-c", "echo to-null", options=["--rm", "--null-io"])
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr + containerd.calls()
+
+
 def test_ctr_run_tty(containerd):
     r = _ctr_run(containerd, "run3", "sh", "-c", "tty; echo tty-ok", options=["--rm", "-t"],
                  pty=True)

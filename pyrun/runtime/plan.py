@@ -405,6 +405,9 @@ def build(spec, inp):
         plan.add(lib.PR_OP_PIVOT_ROOT, f"pivot_root to {inp.rootfs}, detach the old root", "pivot",
                  s1=inp.rootfs)
     plan.add(lib.PR_OP_OPEN_ROOT, "open the new /", "pivot", s1="/")
+    if own_mountns and not dev_bound:
+        plan.add(lib.PR_OP_DEVNULL, "stdio that is /dev/null: the container's, read-write",
+                 "pivot")
     if linux.rootfs_propagation:
         rp = _PROPAGATION[linux.rootfs_propagation]
         plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(rp, L.MS_FLAGS)} (rootfsPropagation)",
