@@ -877,6 +877,11 @@ static int do_resolve_exec(struct pr_plan *p, struct pr_op *o)
 				return -errno;
 			if (S_ISDIR(st.st_mode))
 				return -EACCES;
+			/* As runc (Go's exec.LookPath): refuse at create time, so
+			 * engines can tell "not executable" (podman: exit 126)
+			 * from a failing program. */
+			if (syscall(SYS_faccessat, AT_FDCWD, file, X_OK, 0) < 0)
+				return -errno;
 			memcpy(p->exec_path, file, flen + 1);
 			return 0;
 		}

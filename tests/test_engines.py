@@ -134,9 +134,12 @@ def test_podman_run_tty(podman):
 
 
 def test_podman_run_error_reaches_podman(podman):
+    # podman maps the runtime's error text to docker's exit statuses.
     r = _podman_run(podman, "/no/such/command", options=["--rm"])
-    assert r.returncode != 0
+    assert r.returncode == 127
     assert "/no/such/command" in r.stderr, r.stderr
+    r = _podman_run(podman, "/etc/passwd", options=["--rm"])
+    assert r.returncode == 126, r.stderr
 
 
 def test_podman_privileged_and_cap_drop_all(podman):

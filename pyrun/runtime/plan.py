@@ -461,7 +461,8 @@ def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks
     if u.umask is not None:
         plan.add(lib.PR_OP_UMASK, f"umask {u.umask:04o}", "exec", n1=u.umask)
     path = next((e[5:] for e in proc.env if e.startswith("PATH=")), "")
-    plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r} in PATH", "exec",
+    where = "" if "/" in proc.args[0] else " in PATH"
+    plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r}{where}", "exec",
              s1=proc.args[0], s2=path)
     plan.add(lib.PR_OP_CLOSE_FDS, f"close-on-exec every fd from {3 + preserve_fds} up", "exec",
              n1=3 + preserve_fds)
