@@ -32,22 +32,30 @@ def _write_wrapper(workdir):
 
 
 class Engine:
-    """What the tests need of one engine: its command ``cmd(*args)``, the
-    runtime wrapper and its argv log, the cgroup parent for containers."""
+    """What the tests need of one engine: its command, the runtime wrapper
+    and its argv log, the cgroup parent for containers.  ``runtime_flag``:
+    the engine takes the runtime as a global flag (podman's --runtime);
+    ctr takes it per ``run`` (--runc-binary)."""
 
-    def __init__(self, workdir, base_cmd, env=None):
+    def __init__(self, workdir, cmd, env=None, runtime_flag=None):
         self.workdir = workdir
-        self.base_cmd = base_cmd
+        self.cmd = cmd
         self.env = env
         self.runtime, self.argv_log = _write_wrapper(workdir)
+        self.global_args = [runtime_flag, self.runtime] if runtime_flag else []
         self.cgroup_parent = new_parent_name()
 
-    def __call__(self, *args, check=True, timeout=60, input=None):
-        r = subprocess.run([*self.base_cmd, *args], capture_output=True, text=True,
-                           timeout=timeout, env=self.env, input=input)
+    def argv(self, args, wrapped=True):
+        return [*self.cmd, *(self.global_args if wrapped else []), *args]
+
+    def __call__(self, *args, check=True, timeout=60, input=None, wrapped=True):
+        """Run the engine; ``wrapped=False``: without the global runtime flag."""
+        argv = self.argv(args, wrapped)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env,
+                           input=input)
         if check and r.returncode != 0:
-            raise AssertionError(f"{' '.join(self.base_cmd + list(args))} failed "
-                                 f"({r.returncode}): {r.stderr}\n{self.calls()}")
+            raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr}\n"
+                                 f"{self.calls()}")
         return r
 
     def calls(self):
@@ -60,7 +68,7 @@ class Engine:
 
     def in_pty(self, *args, timeout=60):
         """Run the engine command with a terminal as its stdio (script(1))."""
-        command = " ".join(_quote(a) for a in [*self.base_cmd, *args])
+        command = " ".join(_quote(a) for a in self.argv(args))
         return subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
                               text=True, timeout=timeout, env=self.env, stdin=subprocess.DEVNULL)
 
@@ -177,8 +185,7 @@ runroot = "{workdir}/run"
                CONTAINERS_STORAGE_CONF=os.path.join(workdir, "storage.conf"),
                CONTAINERS_REGISTRIES_CONF=os.path.join(workdir, "registries.conf"))
     env.pop("XDG_RUNTIME_DIR", None)
-    pm = Engine(workdir, ["podman"], env=env)
-    pm.base_cmd = ["podman", "--runtime", pm.runtime]
+    pm = Engine(workdir, ["podman"], env=env, runtime_flag="--runtime")
     try:
         pm("load", "-i", busybox_archive)
         yield pm

@@ -5,6 +5,7 @@ state."""
 import pytest
 
 from engine_fixtures import IMAGE, busybox_archive, containerd, podman  # noqa: F401
+from runtime_helpers import PYRUN
 
 pytestmark = [pytest.mark.engines, pytest.mark.root]
 
@@ -34,6 +35,13 @@ def test_ctr_run(containerd):
     assert verbs[:3] == ["create", "start", "delete"], calls
     assert all(c.startswith(f"--root {containerd.runc_root}/default --log ") for c in calls), calls
     assert "--pid-file" in calls[0] and "--bundle" in calls[0]
+
+
+def test_ctr_run_with_pyrun_itself(containerd):
+    # The venv's pyrun as --runc-binary, no wrapper in between.
+    r = containerd("run", "--rm", "--runc-binary", PYRUN, "--runc-root", containerd.runc_root,
+                   "--cgroup", f"{containerd.cgroup_parent}/run0", IMAGE, "run0", "echo", "hi")
+    assert r.stdout == "hi\n"
 
 
 def test_ctr_run_exit_status(containerd):
@@ -117,6 +125,12 @@ def test_podman_run(podman):
     # conmon calls runc's verbs with no global flags at all.
     last = podman.calls().splitlines()[-3:]
     assert [c.split()[0] for c in last] == ["create", "start", "delete"], last
+
+
+def test_podman_run_with_pyrun_itself(podman):
+    r = podman("--runtime", PYRUN, "run", "--rm", "--cgroup-parent", podman.cgroup_parent,
+               IMAGE, "echo", "hi", wrapped=False)
+    assert r.stdout == "hi\n"
 
 
 def test_podman_run_exit_status_and_stdin(podman):
