@@ -8,16 +8,9 @@ import pytest
 
 from pyrun.errdefs import InvalidArgument
 from pyrun.oci.default import default_spec
-from runtime_helpers import Pyrun, make_bundle
+from runtime_helpers import make_bundle
 
 MTIME = 1_500_000_000
-
-
-@pytest.fixture
-def pyrun(tmp_path):
-    p = Pyrun(tmp_path / "state")
-    yield p
-    p.cleanup()
 
 
 def _tmpfs(dest, *options):

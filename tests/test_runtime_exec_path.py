@@ -3,16 +3,9 @@ exec.LookPath): engines map "permission denied" and "no such file" in the
 runtime's error to exit statuses 126 and 127."""
 import pytest
 
-from runtime_helpers import Pyrun, make_bundle
+from runtime_helpers import make_bundle
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def pyrun(tmp_path):
-    p = Pyrun(tmp_path / "state")
-    yield p
-    p.cleanup()
 
 
 @pytest.mark.parametrize("arg0, error", [("/etc/passwd", "find '/etc/passwd': Permission denied"),
