@@ -2,6 +2,8 @@
 containerd-shim-runc-v2, driven with ctr) and podman 4.3 (through conmon).
 See engine_fixtures.py for how each engine is kept off the machine's own
 state."""
+import os
+
 import pytest
 
 from engine_fixtures import IMAGE, busybox_archive, containerd, podman  # noqa: F401
@@ -200,3 +202,36 @@ def test_podman_container_verbs(podman):
         assert verb in verbs, verbs
     assert any(c.startswith("exec ") and " --process " in c and " --tty " in c
                and " --console-socket " in c for c in pm.calls().splitlines())
+
+
+def test_podman_update(podman):
+    pm = podman
+    r = _podman_run(pm, "sleep", "1000", options=["-d", "--name", "u1", "--memory", "32m"])
+    assert r.returncode == 0, r.stderr + pm.calls()
+    try:
+        cid = pm("inspect", "-f", "{{.Id}}", "u1").stdout.strip()
+        limit = f"/sys/fs/cgroup/memory{pm.cgroup_parent}/libpod-{cid}/memory.limit_in_bytes"
+        with open(limit) as f:
+            assert f.read().strip() == str(32 << 20)
+        pm("update", "--memory", "64m", "u1")
+        with open(limit) as f:
+            assert f.read().strip() == str(64 << 20)
+        assert any(c.startswith("update --resources") for c in pm.calls().splitlines())
+    finally:
+        pm("rm", "-f", "-t", "0", "u1", check=False)
+
+
+def test_podman_pod_shares_the_infra_namespaces(podman):
+    # The pod's containers join the infra container's namespaces by path.
+    pm = podman
+    pm("pod", "create", "--cgroup-parent", pm.cgroup_parent, "--name", "pod1")
+    try:
+        pm("pod", "start", "pod1")
+        infra = pm("pod", "inspect", "-f", "{{.InfraContainerID}}", "pod1").stdout.strip()
+        pid = pm("inspect", "-f", "{{.State.Pid}}", infra).stdout.strip()
+        want = [os.readlink(f"/proc/{pid}/ns/{ns}") for ns in ("ipc", "uts", "net")]
+        r = pm("run", "--rm", "--pod", "pod1", IMAGE, "sh", "-c",
+               "for ns in ipc uts net; do readlink /proc/self/ns/$ns; done; hostname")
+        assert r.stdout.split() == want + ["pod1"]
+    finally:
+        pm("pod", "rm", "-f", "pod1", check=False)
