@@ -20,6 +20,7 @@ from pyrun.fsutil import remove_tree
 from runtime_helpers import PYRUN
 
 IMAGE = "docker.io/library/pyrun-busybox:latest"
+_SHIM_SOCKET_DIRS = ("/run/containerd/s", "/run/containerd")  # innermost first
 
 
 def _write_wrapper(workdir):
@@ -129,6 +130,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                             start_new_session=True)
     ctr = Engine(workdir, ["ctr", "--address", sock])
     ctr.runc_root = os.path.join(workdir, "runc")
+    ctr.fifo_dir = os.path.join(workdir, "fifo")  # ctr's default: /run/containerd/fifo
+    # The shims' sockets go to /run/containerd/s whatever the config says
+    # (containerd 1.6): remove what this fixture made there, if empty.
+    made = [d for d in _SHIM_SOCKET_DIRS if not os.path.exists(d)]
     try:
         _wait_for("containerd's socket", lambda: proc.poll() is not None or (
             os.path.exists(sock) and ctr("version", check=False).returncode == 0))
@@ -145,6 +150,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         log.close()
         ctr.remove_cgroups()
         remove_tree(workdir)
+        for d in made:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.engines, pytest.mark.root]
 # ---- containerd ---------------------------------------------------------
 
 def _ctr_run(ctr, cid, *args, options=(), pty=False):
-    argv = ["run", "--runc-binary", ctr.runtime, "--runc-root", ctr.runc_root,
+    argv = ["run", "--fifo-dir", ctr.fifo_dir, "--runc-binary", ctr.runtime,
+            "--runc-root", ctr.runc_root,
             "--cgroup", f"{ctr.cgroup_parent}/{cid}", *options, IMAGE, cid, *args]
     return ctr.in_pty(*argv) if pty else ctr(*argv, check=False)
 
@@ -41,7 +42,8 @@ def test_ctr_run(containerd):
 
 def test_ctr_run_with_pyrun_itself(containerd):
     # The venv's pyrun as --runc-binary, no wrapper in between.
-    r = containerd("run", "--rm", "--runc-binary", PYRUN, "--runc-root", containerd.runc_root,
+    r = containerd("run", "--rm", "--fifo-dir", containerd.fifo_dir, "--runc-binary", PYRUN,
+                   "--runc-root", containerd.runc_root,
                    "--cgroup", f"{containerd.cgroup_parent}/run0", IMAGE, "run0", "echo", "hi")
     assert r.stdout == "hi\n"
 
@@ -74,18 +76,23 @@ def test_ctr_run_error_reaches_ctr(containerd):
     containerd("containers", "delete", "run4", check=False)
 
 
+def _ctr_exec(ctr, exec_id, *args, **kw):
+    return ctr("tasks", "exec", "--fifo-dir", ctr.fifo_dir, "--exec-id", exec_id, "task1", *args,
+               **kw)
+
+
 def test_ctr_task_verbs(containerd):
     ctr = containerd
     r = _ctr_run(ctr, "task1", "sleep", "1000", options=["-d"])
     assert r.returncode == 0, r.stderr + ctr.calls()
     try:
         assert _task_status(ctr, "task1") == "RUNNING"
-        r = ctr("tasks", "exec", "--exec-id", "x1", "task1", "echo", "exec-ok")
+        r = _ctr_exec(ctr, "x1", "echo", "exec-ok")
         assert r.stdout == "exec-ok\n"
-        r = ctr("tasks", "exec", "--exec-id", "x2", "task1", "sh", "-c", "exit 3", check=False)
+        r = _ctr_exec(ctr, "x2", "sh", "-c", "exit 3", check=False)
         assert r.returncode == 3, r.stderr
-        r = ctr.in_pty("tasks", "exec", "-t", "--exec-id", "x3", "task1", "sh", "-c",
-                       "tty; echo exec-tty-ok")
+        r = ctr.in_pty("tasks", "exec", "--fifo-dir", ctr.fifo_dir, "-t", "--exec-id", "x3",
+                       "task1", "sh", "-c", "tty; echo exec-tty-ok")
         assert "/dev/pts/0" in r.stdout and "exec-tty-ok" in r.stdout, r.stdout + ctr.calls()
 
         r = ctr("tasks", "ps", "task1")

@@ -60,5 +60,6 @@ def test_tmpcopyup_needs_tmpfs(tmp_path):
                           "options": ["rbind", "tmpcopyup"]})
     inp = planner.Inputs(bundle=str(tmp_path), rootfs=str(tmp_path), fifo_fd=9,
                          container_id="c")
-    with pytest.raises(InvalidArgument, match=r"mounts\[\d+\].options: 'tmpcopyup' needs type tmpfs"):
+    with pytest.raises(InvalidArgument,
+                       match=r"mounts\[\d+\].options: 'tmpcopyup' needs type tmpfs"):
         planner.build(ocispec.parse(raw), inp)

@@ -14,7 +14,8 @@ def test_syscalls_of_another_arch_are_kept():
     # socketcall does not exist on x86_64: libseccomp resolves it to a
     # negative pseudo-syscall number, which is a real rule on x86.
     without = compile_filter(_profile({"names": ["read"], "action": "SCMP_ACT_ALLOW"}))
-    with_it = compile_filter(_profile({"names": ["read", "socketcall"], "action": "SCMP_ACT_ALLOW"}))
+    with_it = compile_filter(_profile({"names": ["read", "socketcall"],
+                                       "action": "SCMP_ACT_ALLOW"}))
     assert with_it[1] > without[1]
 
 
