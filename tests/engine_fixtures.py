@@ -20,7 +20,23 @@ from pyrun.fsutil import remove_tree
 from runtime_helpers import PYRUN
 
 IMAGE = "docker.io/library/pyrun-busybox:latest"
-_SHIM_SOCKET_DIRS = ("/run/containerd/s", "/run/containerd")  # innermost first
+# Directories the engines make whatever their config says (containerd
+# 1.6: the shims' sockets; podman 4.3: the network backend's run dir),
+# innermost first.  The fixtures remove the ones they made, if empty.
+_CONTAINERD_FIXED_DIRS = ("/run/containerd/s", "/run/containerd")
+_PODMAN_FIXED_DIRS = ("/run/containers/networks", "/run/containers")
+
+
+def _missing(dirs):
+    return [d for d in dirs if not os.path.exists(d)]
+
+
+def _remove_if_empty(dirs):
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
 
 
 def _write_wrapper(workdir):
@@ -131,9 +147,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     ctr = Engine(workdir, ["ctr", "--address", sock])
     ctr.runc_root = os.path.join(workdir, "runc")
     ctr.fifo_dir = os.path.join(workdir, "fifo")  # ctr's default: /run/containerd/fifo
-    # The shims' sockets go to /run/containerd/s whatever the config says
-    # (containerd 1.6): remove what this fixture made there, if empty.
-    made = [d for d in _SHIM_SOCKET_DIRS if not os.path.exists(d)]
+    made = _missing(_CONTAINERD_FIXED_DIRS)
     try:
         _wait_for("containerd's socket", lambda: proc.poll() is not None or (
             os.path.exists(sock) and ctr("version", check=False).returncode == 0))
@@ -150,11 +164,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         log.close()
         ctr.remove_cgroups()
         remove_tree(workdir)
-        for d in made:
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
+        _remove_if_empty(made)
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +206,14 @@ runroot = "{workdir}/run"
                CONTAINERS_REGISTRIES_CONF=os.path.join(workdir, "registries.conf"))
     env.pop("XDG_RUNTIME_DIR", None)
     pm = Engine(workdir, ["podman"], env=env, runtime_flag="--runtime")
+    made = _missing(_PODMAN_FIXED_DIRS)
     try:
         pm("load", "-i", busybox_archive)
         yield pm
     finally:
+        pm("pod", "rm", "--all", "--force", check=False)
         pm("rm", "--all", "--force", "--time", "0", check=False)
         pm.remove_cgroups()
         remove_tree(workdir)
+        _remove_if_empty(made)
 
