@@ -186,6 +186,7 @@ events_logger = "file"
 events_logfile_path = "{workdir}/events.log"
 lock_type = "file"
 tmp_dir = "{workdir}/tmp"
+image_copy_tmp_dir = "{workdir}/tmp"
 static_dir = "{workdir}/storage/libpod"
 volume_path = "{workdir}/storage/volumes"
 [network]
@@ -204,6 +205,8 @@ runroot = "{workdir}/run"
     env = dict(os.environ, CONTAINERS_CONF=os.path.join(workdir, "containers.conf"),
                CONTAINERS_STORAGE_CONF=os.path.join(workdir, "storage.conf"),
                CONTAINERS_REGISTRIES_CONF=os.path.join(workdir, "registries.conf"))
+    env["TMPDIR"] = os.path.join(workdir, "tmp")  # podman update's resources file
+    os.makedirs(env["TMPDIR"])
     env.pop("XDG_RUNTIME_DIR", None)
     pm = Engine(workdir, ["podman"], env=env, runtime_flag="--runtime")
     made = _missing(_PODMAN_FIXED_DIRS)
