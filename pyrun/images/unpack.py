@@ -10,9 +10,11 @@ config's ``rootfs.diff_ids``; on any failure the active snapshot is
 removed, so nothing half-applied is ever visible under a chain ID.
 
 Layers are applied one after the other, each streamed from the content
-store through decompression into the snapshot.  Overlapping one layer's
-download or decompression with the previous layer's extraction is a
-possible later optimisation.
+store through decompression into the snapshot (decompression and the
+diffID hash run in a helper thread, see
+:func:`pyrun.images.apply.apply_layer`).  With ``wait``, a layer is
+applied as soon as its own blob has arrived, while later layers still
+download (:func:`pyrun.images.store.pull_image`).
 """
 import hashlib
 import json
@@ -114,7 +116,8 @@ def apply_to_mounts(mounts, stream, *, tmp_dir=None, **kw):
         os.rmdir(where)
 
 
-def unpack(manifest, store, snapshotter, *, snapshotter_name=None, tmp_dir=None):
+def unpack(manifest, store, snapshotter, *, snapshotter_name=None, tmp_dir=None, doc=None,
+           wait=None):
     """Unpack the image whose manifest descriptor is ``manifest`` (a
     :class:`~pyrun.registry.manifest.Descriptor`, e.g. one that
     ``registry.pull`` returned) from the content ``store`` into
@@ -130,12 +133,20 @@ def unpack(manifest, store, snapshotter, *, snapshotter_name=None, tmp_dir=None)
     so GC keeps the snapshots as long as the image.  Callers that race GC
     run this under a lease (the store and snapshotter given carry it).
 
+    ``doc``: the parsed :class:`~pyrun.registry.manifest.Manifest`, when
+    the caller has it (default: read from ``store``).  ``wait(digest)``,
+    if given, is called before the config and each layer blob is read,
+    and blocks until it is in the store (see ``registry.pull``'s
+    ``while_fetching``).
+
     Raises InvalidArgument for an index, a manifest or config that is
     malformed, a layer count that differs from ``rootfs.diff_ids``, and
     anything :func:`~pyrun.images.apply.apply_layer` raises for a bad layer
     (the message names the layer digest); NotFound for a missing blob.
     """
-    doc = read_manifest(store, manifest)
+    doc = doc or read_manifest(store, manifest)
+    wait = wait or (lambda digest: None)
+    wait(doc.config.digest)
     diff_ids = read_diff_ids(store, doc.config)
     if len(diff_ids) != len(doc.layers):
         raise InvalidArgument(f"manifest {manifest.digest} has {len(doc.layers)} layers but its "
@@ -143,6 +154,7 @@ def unpack(manifest, store, snapshotter, *, snapshotter_name=None, tmp_dir=None)
     parent = ""
     for layer, diff_id, chain_id in zip(doc.layers, diff_ids, chain_ids(diff_ids)):
         if not _exists(snapshotter, chain_id):
+            wait(layer.digest)
             _apply_one(layer, diff_id, chain_id, parent, store, snapshotter, tmp_dir)
         parent = chain_id
     if snapshotter_name and parent:

@@ -161,7 +161,7 @@ def _download(repo, writer, desc, progress, sleep):
 
 
 def pull(ref, store, *, client=None, platform=None, all_platforms=False,
-         concurrency=CONCURRENCY, progress=None):
+         concurrency=CONCURRENCY, progress=None, while_fetching=None):
     """Pull an image into a content store.
 
     ``ref``: a reference string or :class:`Reference`.  ``store``: a
@@ -181,6 +181,14 @@ def pull(ref, store, *, client=None, platform=None, all_platforms=False,
     With the metadata layer, pass a store bound to a lease
     (``db.content_store(ns, lease=…)``) so that garbage collection cannot
     take the blobs before an image record points at ``root``.
+
+    ``while_fetching(manifests, wait)``, if given, runs in the calling
+    thread while the blobs download (config first, then the layers in
+    order): ``manifests`` is the list of ``(descriptor, Manifest)``
+    chosen, and ``wait(digest)`` blocks until that blob is committed (or
+    raises its download's error).  Unpacking layers as they arrive uses
+    it.  If it raises, the downloads not started yet are cancelled and
+    the error propagates; the manifests are then not stored.
     """
     ref = ref if isinstance(ref, Reference) else parse_reference(ref)
     if isinstance(platform, str):
@@ -193,7 +201,7 @@ def pull(ref, store, *, client=None, platform=None, all_platforms=False,
     root = Descriptor(doc.media_type, head.digest, head.size)
 
     documents = []   # (descriptor, bytes, labels), children before parents
-    manifests = []
+    manifests = []   # (descriptor, Manifest)
     blobs = {}
 
     def walk(desc, doc, data, depth):
@@ -207,7 +215,7 @@ def pull(ref, store, *, client=None, platform=None, all_platforms=False,
                 walk(entry, parse_manifest(child_data, entry.media_type, what), child_data, depth + 1)
             documents.append((desc, data, gc_labels(doc, kept)))
         else:
-            manifests.append(desc)
+            manifests.append((desc, doc))
             for child in children(doc):
                 blobs.setdefault(child.digest, child)
             documents.append((desc, data, gc_labels(doc)))
@@ -215,9 +223,12 @@ def pull(ref, store, *, client=None, platform=None, all_platforms=False,
     walk(root, doc, data, 0)
     try:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            futures = [pool.submit(fetch_blob, repo, store, b, progress) for b in blobs.values()]
+            futures = {d: pool.submit(fetch_blob, repo, store, b, progress)
+                       for d, b in blobs.items()}
             try:
-                for fut in futures:
+                if while_fetching is not None:
+                    while_fetching(manifests, lambda digest: futures[digest].result())
+                for fut in futures.values():
                     fut.result()
             except BaseException:
                 pool.shutdown(cancel_futures=True)
@@ -226,4 +237,4 @@ def pull(ref, store, *, client=None, platform=None, all_platforms=False,
             store_bytes(store, desc, data, labels, str(repo))
     finally:
         progress.close()
-    return str(ref), root, manifests
+    return str(ref), root, [desc for desc, _ in manifests]
