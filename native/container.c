@@ -468,6 +468,9 @@ static int do_mount(struct pr_plan *p, struct pr_op *o)
 			return fd;
 	}
 	fd_path(target, fd);
+	/* A read-only tmpfs is filled first and made read-only after (runc). */
+	if (o->n1 & PR_MNT_COPYUP)
+		flags &= ~(unsigned long)PR_MS_RDONLY;
 	if (flags || o->s3 || o->s1) {
 		if (pr_mount(o->s1, target, o->s3, flags, o->s4) < 0) {
 			r = -errno;
@@ -478,6 +481,20 @@ static int do_mount(struct pr_plan *p, struct pr_op *o)
 		r = copy_up(p, o, fd);
 		if (r < 0)
 			goto out;
+		if (o->flags & PR_MS_RDONLY) {
+			int nfd = reopen_target(p, o);
+			if (nfd < 0) {
+				r = nfd;
+				goto out;
+			}
+			syscall(SYS_close, fd);
+			fd = nfd;
+			fd_path(target, fd);
+			if (pr_mount(NULL, target, NULL, o->flags | PR_MS_REMOUNT, o->s4) < 0) {
+				r = -errno;
+				goto out;
+			}
+		}
 	}
 	/* A bind mount ignores every flag but MS_BIND|MS_REC on the first
 	 * call; the rest need a remount of the new mount (mount(8) does the

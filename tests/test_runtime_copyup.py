@@ -36,9 +36,11 @@ def test_tmpcopyup_copies_the_covered_tree(pyrun, tmp_path, busybox_rootfs):
     make_bundle(bundle, rootfs, ["/bin/sh", "-c",
                                  "cat /data/link; cd /data && stat -c '%n %u %g %a %F %Y' "
                                  "sub sub/f link fifo; grep ' /data ' /proc/mounts; "
-                                 "echo new > /data/new"],
+                                 "echo new > /data/new && cat /etc/passwd >/dev/null && "
+                                 "! touch /etc/new 2>/dev/null"],
                 mounts=default_spec()["mounts"] + [_tmpfs("/data", "tmpcopyup"),
-                                                   _tmpfs("/bin", "tmpcopyup")])
+                                                   _tmpfs("/bin", "tmpcopyup"),
+                                                   _tmpfs("/etc", "ro", "tmpcopyup")])
     r = pyrun("run", "-b", str(bundle), "c1", check=False)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

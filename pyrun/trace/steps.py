@@ -180,11 +180,15 @@ def child_calls(op, spec=None):
 def _mount_calls(op):
     target = _q(op.s2)
     calls = []
-    if op.flags or op.s3 or op.s1:
-        calls.append(f"mount({_q(op.s1)}, {target}, {_q(op.s3)}, {_ms(op.flags)}, {_q(op.s4)})")
+    copyup_ro = op.n1 & lib.PR_MNT_COPYUP and op.flags & L.MS_RDONLY
+    flags = op.flags & ~L.MS_RDONLY if copyup_ro else op.flags
+    if flags or op.s3 or op.s1:
+        calls.append(f"mount({_q(op.s1)}, {target}, {_q(op.s3)}, {_ms(flags)}, {_q(op.s4)})")
     if op.n1 & lib.PR_MNT_COPYUP:
         calls.append("getdents64 + openat + sendfile + fchownat + fchmodat + utimensat: "
                      "copy the covered directory into the tmpfs (tmpcopyup)")
+    if copyup_ro:
+        calls.append(f"mount(NULL, {target}, NULL, MS_REMOUNT|{_ms(op.flags)}, {_q(op.s4)})")
     if op.n1 & lib.PR_MNT_BIND_SOURCE and op.flags2:
         calls.append(f"mount(NULL, {target}, NULL, MS_REMOUNT|MS_BIND|{_ms(op.flags2)}, NULL)")
     if op.flags3:
