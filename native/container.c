@@ -443,6 +443,20 @@ static int copy_up(struct pr_plan *p, struct pr_op *o, int covered)
 	return r;
 }
 
+/* Point *fd (and its /proc/self/fd path in `target`) at the mount just
+ * made on the target instead of the directory it covers. */
+static int reopen_mounted(struct pr_plan *p, struct pr_op *o, int *fd, char *target)
+{
+	int nfd = reopen_target(p, o);
+
+	if (nfd < 0)
+		return nfd;
+	syscall(SYS_close, *fd);
+	*fd = nfd;
+	fd_path(target, nfd);
+	return 0;
+}
+
 static int do_mount(struct pr_plan *p, struct pr_op *o)
 {
 	char target[40];
@@ -482,14 +496,9 @@ static int do_mount(struct pr_plan *p, struct pr_op *o)
 		if (r < 0)
 			goto out;
 		if (o->flags & PR_MS_RDONLY) {
-			int nfd = reopen_target(p, o);
-			if (nfd < 0) {
-				r = nfd;
+			r = reopen_mounted(p, o, &fd, target);
+			if (r < 0)
 				goto out;
-			}
-			syscall(SYS_close, fd);
-			fd = nfd;
-			fd_path(target, fd);
 			if (pr_mount(NULL, target, NULL, o->flags | PR_MS_REMOUNT, o->s4) < 0) {
 				r = -errno;
 				goto out;
@@ -500,14 +509,9 @@ static int do_mount(struct pr_plan *p, struct pr_op *o)
 	 * call; the rest need a remount of the new mount (mount(8) does the
 	 * same).  Reopen: the fd still points at the covered directory. */
 	if ((o->n1 & PR_MNT_BIND_SOURCE) && o->flags2) {
-		int nfd = reopen_target(p, o);
-		if (nfd < 0) {
-			r = nfd;
+		r = reopen_mounted(p, o, &fd, target);
+		if (r < 0)
 			goto out;
-		}
-		syscall(SYS_close, fd);
-		fd = nfd;
-		fd_path(target, fd);
 		if (pr_mount(NULL, target, NULL, o->flags2 | locked_flags(fd) | PR_MS_REMOUNT | PR_MS_BIND,
 			     NULL) < 0) {
 			r = -errno;
