@@ -49,7 +49,7 @@ def test_passwd_symlink_stays_inside(rootfs, tmp_path):
     os.unlink(os.path.join(rootfs, "etc", "passwd"))
     os.symlink("/etc/passwd", os.path.join(rootfs, "etc", "passwd"))
     with pytest.raises(InvalidArgument, match="no such user"):
-        resolve_user(rootfs, "root")   # /etc/passwd resolves to <rootfs>/etc/passwd: missing
+        resolve_user(rootfs, "app")   # /etc/passwd resolves to <rootfs>/etc/passwd: a loop
 
 
 def test_image_config_and_options(rootfs, tmp_path):
@@ -64,7 +64,7 @@ def test_image_config_and_options(rootfs, tmp_path):
     assert p["cwd"] == "/srv" and p["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [10, 50]}
     caps = p["capabilities"]["bounding"]
     assert "CAP_SYS_ADMIN" in caps and "CAP_MKNOD" not in caps
-    assert spec["linux"]["cgroupsPath"] == "/team-a/c1"
+    assert spec["linux"]["cgroupsPath"] == "/pyrun/team-a/c1"
     r = spec["linux"]["resources"]
     assert r["memory"] == {"limit": 64 << 20} and r["cpu"] == {"quota": 50000, "period": 100000}
     assert r["pids"] == {"limit": 20}

@@ -66,8 +66,9 @@ def main(argv=None):
         sys.stdout.write(ctl_flags.usage(args.verb))
         return 0 if args.help else 1
     words = args.verb.split()
-    module = importlib.import_module(ctl_flags.HANDLERS[words[0]])
-    handler = getattr(module, "_".join(words))
+    module = importlib.import_module(ctl_flags.HANDLERS.get(args.verb)
+                                     or ctl_flags.HANDLERS[words[0]])
+    handler = getattr(module, "_".join(words).replace("-", "_"))
     ctx = Context(args)
     try:
         return handler(ctx) or 0

@@ -45,7 +45,8 @@ COMMANDS = {
                  [Flag(("--quick",), "do not re-hash blobs")]),
 }
 
-# group word -> module with one function per sub-command (``images_pull``…)
+# command words (or the group word) -> module with one function per
+# sub-command (``images_pull``…)
 HANDLERS = {
     "namespaces": "pyrun.cli.ctl_storage", "content": "pyrun.cli.ctl_storage",
     "snapshots": "pyrun.cli.ctl_storage", "leases": "pyrun.cli.ctl_storage",
@@ -60,3 +61,80 @@ def parse(argv):
 def usage(verb=None):
     return _flags.usage("pyrunctl", "pyrunctl: images, containers and tasks, with tenants",
                         GLOBAL, COMMANDS, verb)
+
+
+# ---- containers, tasks and run (pyrun/cli/ctl_containers.py) ----
+_RUN_FLAGS = [
+    Flag(("--tty", "-t"), "give the process a terminal"),
+    Flag(("--env", "-e"), "KEY=VALUE (repeatable)", multiple=True, default=[]),
+    Flag(("--env-file",), "a file of KEY=VALUE lines", True, None),
+    Flag(("--cwd", "-w"), "working directory", True, None),
+    Flag(("--user", "-u"), "user[:group], names from the image's /etc/passwd", True, None),
+    Flag(("--hostname",), "the container's hostname", True, None),
+    Flag(("--mount",), "type=bind,src=PATH,dst=PATH,options=ro:rbind (repeatable)",
+         multiple=True, default=[]),
+    Flag(("--read-only",), "a read-only root filesystem"),
+    Flag(("--net",), "host or none", True, "none"),
+    Flag(("--memory",), "memory limit (bytes, or 64m, 1g)", True, None),
+    Flag(("--cpus",), "CPU limit, e.g. 0.5", True, None, float),
+    Flag(("--pids-limit",), "maximum number of processes", True, None, int),
+    Flag(("--cap-add",), "add a capability (repeatable)", multiple=True, default=[]),
+    Flag(("--cap-drop",), "drop a capability (repeatable)", multiple=True, default=[]),
+    Flag(("--privileged",), "all capabilities and devices, no seccomp or masked paths"),
+    Flag(("--label",), "KEY=VALUE (repeatable)", multiple=True, default=[]),
+    Flag(("--runtime",), "pyrun (in-process), runc, crun, or a path", True, "pyrun"),
+    Flag(("--platform",), "the image platform, e.g. linux/amd64", True, None),
+]
+
+COMMANDS.update({
+    ("run",): ("run a container from an image (IMAGE ID [CMD...])",
+               [("image", True), ("id", True), ("args", "rest")],
+               _RUN_FLAGS + [Flag(("--rm",), "remove the container when it exits"),
+                             Flag(("--detach", "-d"), "run in the background"),
+                             Flag(("-i",), "accepted: stdin is passed through in the foreground")]),
+    ("containers", "create"): ("create a container (IMAGE ID [CMD...])",
+                               [("image", True), ("id", True), ("args", "rest")], _RUN_FLAGS),
+    ("containers", "ls"): ("list containers", [], [Flag(("--quiet", "-q"), "ids only")]),
+    ("containers", "info"): ("show a container as JSON", [("id", True)], []),
+    ("containers", "label"): ("set labels (KEY=VALUE; empty VALUE removes)",
+                              [("id", True), ("labels", "rest")], []),
+    ("containers", "rm"): ("remove containers", [("ids", "rest")],
+                           [Flag(("--force", "-f"), "kill a running task first")]),
+    ("tasks", "start"): ("start a container's task", [("id", True)],
+                         [Flag(("--detach", "-d"), "do not wait for it")]),
+    ("tasks", "ls"): ("list tasks", [], [Flag(("--quiet", "-q"), "ids only")]),
+    ("tasks", "kill"): ("signal a task", [("id", True)],
+                        [Flag(("--signal", "-s"), "signal name or number", True, "SIGTERM"),
+                         Flag(("--all", "-a"), "every process of the task")]),
+    ("tasks", "rm"): ("delete stopped tasks", [("ids", "rest")],
+                      [Flag(("--force", "-f"), "kill a running task first")]),
+    ("tasks", "ps"): ("list a task's processes", [("id", True)], []),
+    ("tasks", "exec"): ("run a process in a task (ID CMD...)", [("id", True), ("args", "rest")],
+                        [Flag(("--exec-id",), "a name for the process", True, None),
+                         Flag(("--tty", "-t"), "give the process a terminal"),
+                         Flag(("--detach", "-d"), "do not wait for it"),
+                         Flag(("--cwd",), "working directory", True, None),
+                         Flag(("--user", "-u"), "uid[:gid]", True, None),
+                         Flag(("--env", "-e"), "KEY=VALUE (repeatable)", multiple=True,
+                              default=[])]),
+    ("tasks", "pause"): ("freeze a task", [("id", True)], []),
+    ("tasks", "resume"): ("thaw a task", [("id", True)], []),
+    ("tasks", "metrics"): ("a task's cgroup statistics as JSON", [("id", True)], []),
+    ("tasks", "wait"): ("wait for a task to stop; exit with its status", [("id", True)], []),
+    ("tasks", "logs"): ("print a detached task's output", [("id", True)], []),
+    ("tasks", "attach"): ("attach to a detached task's stdio (not supported yet)",
+                          [("id", True)], []),
+})
+HANDLERS.update({"run": "pyrun.cli.ctl_containers", "containers": "pyrun.cli.ctl_containers",
+                 "tasks": "pyrun.cli.ctl_containers"})
+
+COMMANDS.update({
+    ("images", "from-dir"): ("store a directory as a one-layer image (DIR NAME), e.g. a busybox "
+                             "rootfs: no registry needed",
+                             [("dir", True), ("name", True)],
+                             [Flag(("--cmd",), "the image's Cmd, as a JSON array or one word", True,
+                                   '["sh"]'),
+                              Flag(("--env", "-e"), "KEY=VALUE (repeatable; PATH by default)",
+                                   multiple=True, default=[])]),
+})
+HANDLERS["images from-dir"] = "pyrun.cli.ctl_containers"

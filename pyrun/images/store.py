@@ -14,8 +14,7 @@ from datetime import timedelta
 from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound
 from pyrun.images.unpack import MAX_JSON, read_manifest, unpack
 from pyrun.metadata import Image
-from pyrun.registry import fetch
-from pyrun.registry.manifest import (Descriptor, Manifest, Platform, host_platform,
+from pyrun.registry.manifest import (MAX_INDEX_DEPTH, Descriptor, Manifest, Platform, host_platform,
                                      normalize_platform, parse_manifest, parse_platform,
                                      platform_matches)
 
@@ -135,8 +134,8 @@ def resolve_manifest(content, target, platform=None):
     offered = []
 
     def walk(desc, depth):
-        if depth > fetch.MAX_DEPTH:
-            raise InvalidArgument(f"{target.digest}: indexes nested deeper than {fetch.MAX_DEPTH}")
+        if depth > MAX_INDEX_DEPTH:
+            raise InvalidArgument(f"{target.digest}: indexes nested deeper than {MAX_INDEX_DEPTH}")
         data = read_json_blob(content, desc.digest, "manifest")
         doc = parse_manifest(data, desc.media_type, f"manifest {desc.digest}")
         if isinstance(doc, Manifest):
@@ -270,6 +269,8 @@ def pull_image(db, namespace, ref, *, snapshotter="overlayfs", platform=None, cl
             # later ones still download.
             desc, doc = manifests[0]
             unpacked.append(_unpack(db, namespace, desc, snapshotter, lease.id, doc, wait))
+
+        from pyrun.registry import fetch  # the HTTP side: imported only to pull
 
         name, root, manifests = fetch.pull(
             ref, content, client=client, platform=platform, progress=progress,

@@ -46,6 +46,8 @@ def default_mounts():
          "options": ["nosuid", "noexec", "nodev", "ro"]},
         {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["ro", "nosuid", "noexec", "nodev"]},
     ]
 
 
@@ -88,6 +90,8 @@ def resolve_user(rootfs, user):
     ``WithUser`` and ``WithAdditionalGIDs`` do.  Raises InvalidArgument
     naming the user or group that is unknown to the image."""
     name, _, group = (user or "").partition(":")
+    if name in ("", "0", "root") and not group:
+        return 0, 0, []
     passwd = _read_in_root(rootfs, "/etc/passwd")
     uid = gid = 0
     username = None
@@ -228,7 +232,7 @@ def image_spec(cid, namespace, config, rootfs, *, args=None, env=(), cwd=None, u
         "mounts": mount_list,
         "annotations": dict(labels or {}),
         "linux": {
-            "cgroupsPath": f"/{namespace}/{cid}",
+            "cgroupsPath": f"/pyrun/{namespace}/{cid}",  # all of pyrun's groups under one parent
             "resources": resources,
             "namespaces": namespaces,
             "maskedPaths": [] if privileged else list(MASKED_PATHS),

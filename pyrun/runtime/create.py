@@ -121,14 +121,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             st.cgroup = cgroup_manager.describe()
             st.oom = cgroup_manager.oom_counter()
         if stdio is not None:
-            moved = []
-            for fd in stdio:
-                if fd is None or fd < 0:
-                    moved.append(-1)
-                else:
-                    moved.append(planner.high_fd(os.dup(fd), low))
-                    fds.append(moved[-1])
-            stdio = tuple(moved)
+            stdio = planner.move_stdio(stdio, low, fds)
         inp = planner.Inputs(
             bundle=bundle, rootfs=rootfs, fifo_fd=fifo_fd,
             console_fd=console_fd if console_fd is not None else -1,

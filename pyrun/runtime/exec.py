@@ -74,9 +74,12 @@ def process_for_exec(st, args=None, *, process_json=None, env=(), cwd=None, user
 
 
 def exec_process(store, cid, process, *, console_socket=None, console_fd=None, pid_file=None,
-                 preserve_fds=0, cgroup_manager=None):
+                 preserve_fds=0, cgroup_manager=None, stdio=None):
     """Start ``process`` in container ``cid``; returns its host pid (the
-    caller's child: wait for it with os.waitpid).  Raises NotFound,
+    caller's child: wait for it with os.waitpid).  ``stdio``: (stdin,
+    stdout, stderr) fds for the process, as for create (None, or -1 in a
+    slot, keeps the caller's own; the caller keeps and closes its fds).
+    Raises NotFound,
     FailedPrecondition (not created or running), InvalidArgument,
     StepError (naming the step that failed)."""
     st = store.load(cid)
@@ -125,6 +128,10 @@ def exec_process(store, cid, process, *, console_socket=None, console_fd=None, p
             rows, cols = process.console_size or (0, 0)
             plan.add(lib.PR_OP_CONSOLE, "create the pty and send its master to the console socket",
                      "identity", fd=console_fd, n1=rows, n2=cols)
+        if stdio is not None:
+            moved = planner.move_stdio(stdio, low, fds)
+            plan.add(lib.PR_OP_STDIO, f"stdin, stdout, stderr from fds {tuple(moved)}", "exec",
+                     n1=moved[0], n2=moved[1], n3=moved[2])
         planner.plan_process(plan, process, spec.linux, preserve_fds=preserve_fds)
 
         def on_sync(kind, pid):

@@ -99,6 +99,20 @@ def high_fd(fd, low):
     return new
 
 
+def move_stdio(stdio, low, opened):
+    """Duplicate the caller's (stdin, stdout, stderr) fds above ``low`` for
+    the child's PR_OP_STDIO (None or -1 in a slot stays -1: keep ours);
+    each new fd is appended to ``opened`` for the caller to close."""
+    moved = []
+    for fd in stdio:
+        if fd is None or fd < 0:
+            moved.append(-1)
+        else:
+            moved.append(high_fd(os.dup(fd), low))
+            opened.append(moved[-1])
+    return tuple(moved)
+
+
 def _cap_mask(names):
     mask = 0
     for n in names:
