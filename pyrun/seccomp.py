@@ -34,6 +34,11 @@ FLAGS = {
     "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
 }
 _EPERM = 1
+# seccomp_syscall_resolve_name's answer for a name it does not know.  Other
+# negative numbers are libseccomp's pseudo-syscalls: calls that exist on
+# another architecture of the filter (socketcall, ipc, ... on x86); they are
+# real rules there.
+_NR_SCMP_ERROR = -1
 _ATTR_CTL_NNP = 3  # SCMP_FLTATR_CTL_NNP: we set no_new_privs ourselves
 
 
@@ -130,8 +135,8 @@ def _compile(raw):
                 continue
             for name in rule.get("names") or []:
                 nr = lib.seccomp_syscall_resolve_name(name.encode())
-                if nr < 0:
-                    continue  # unknown to this libseccomp/arch: runc skips it too
+                if nr == _NR_SCMP_ERROR:
+                    continue  # unknown to this libseccomp: runc skips it too
                 indexes = [a[0] for a in args]
                 groups = [[a] for a in args] if len(set(indexes)) < len(indexes) else [args]
                 for group in groups:

@@ -37,6 +37,16 @@ def busybox_rootfs(tmp_path_factory):
 
 
 @pytest.fixture
+def pyrun(tmp_path):
+    """The pyrun CLI with a private --root in ``tmp_path``; containers
+    left at the end are deleted (--force)."""
+    from runtime_helpers import Pyrun
+    p = Pyrun(tmp_path / "state")
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture
 def safe_tmp(tmp_path):
     """A temp dir removed at the end without crossing mount points."""
     yield tmp_path

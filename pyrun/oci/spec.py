@@ -127,6 +127,10 @@ class Spec(Frozen):
 
 # ---- typed field access ----
 
+# S_IFMT bits of each linux.devices type (stat(2)).
+_DEVICE_FORMAT = {"c": 0o020000, "u": 0o020000, "b": 0o060000, "p": 0o010000}
+
+
 def _show(value):
     from pyrun.jsonio import dumps
     try:
@@ -318,8 +322,13 @@ def _parse_linux(obj, w="linux"):
         if kind not in ("c", "u", "b", "p"):
             raise InvalidArgument(f"{dw}.type: unknown device type {kind!r} (c, u, b or p)")
         mode = _get(d, "fileMode", int, dw)
+        if mode is not None and mode & ~0o7777 == _DEVICE_FORMAT[kind]:
+            # podman sends Go's full st_mode (0o20644 for a char device);
+            # runc ORs the type bits in anyway, so they may be there.
+            mode &= 0o7777
         if mode is not None and not 0 <= mode <= 0o7777:
-            raise InvalidArgument(f"{dw}.fileMode: {mode:o} is not a permission mode")
+            raise InvalidArgument(f"{dw}.fileMode: {mode:o} is not a permission mode"
+                                  f" (nor one with the S_IFMT bits of type {kind!r})")
         devices.append(Device(
             path=_get(d, "path", str, dw, required=True),
             type=kind,

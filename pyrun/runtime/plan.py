@@ -46,7 +46,7 @@ _RECURSIVE = {
     "rnoatime": (0x10, 0x70), "rstrictatime": (0x20, 0x70), "rrelatime": (0, 0x70),
     "rnosymfollow": (0x200000, 0), "rsymfollow": (0, 0x200000),
 }
-_UNSUPPORTED_OPTIONS = ("tmpcopyup", "idmap", "ridmap")
+_UNSUPPORTED_OPTIONS = ("idmap", "ridmap")
 
 DEFAULT_DEVICES = (
     # path, major, minor (all char devices, 0666, root:root), as runc.
@@ -222,8 +222,15 @@ def _plan_mount(plan, i, m, inp, cgroupns):
     props = 0
     rec_set = rec_clr = 0
     plain = []
+    copyup = 0
     for opt in m.options:
-        if opt in _PROPAGATION:
+        if opt == "tmpcopyup":
+            # runc's extension (podman's --tmpfs and --read-only use it).
+            if m.type != "tmpfs":
+                raise InvalidArgument(f"mounts[{i}].options: 'tmpcopyup' needs type tmpfs, "
+                                      f"not {m.type!r}")
+            copyup = lib.PR_MNT_COPYUP
+        elif opt in _PROPAGATION:
             props |= _PROPAGATION[opt]
         elif opt in _RECURSIVE:
             s, c = _RECURSIVE[opt]
@@ -249,8 +256,9 @@ def _plan_mount(plan, i, m, inp, cgroupns):
     if data and len(data) > 4095:
         raise InvalidArgument(f"mounts[{i}].options: data longer than a page")
     what = f"mount {m.type or m.source} on {m.destination} ({L.flag_names(flags, L.MS_FLAGS)}{', ' + data if data else ''})"
-    plan.add(lib.PR_OP_MOUNT, what, "rootfs", s1=m.source or m.type, s2=dest,
-             s3=m.type or None, s4=data or None, flags=flags, flags3=props, n2=rec_set, n3=rec_clr)
+    plan.add(lib.PR_OP_MOUNT, what + (", copy up" if copyup else ""), "rootfs",
+             s1=m.source or m.type, s2=dest, s3=m.type or None, s4=data or None, flags=flags,
+             flags3=props, n1=copyup, n2=rec_set, n3=rec_clr)
 
 
 def build(spec, inp):
@@ -427,6 +435,9 @@ def build(spec, inp):
         plan.add(lib.PR_OP_PIVOT_ROOT, f"pivot_root to {inp.rootfs}, detach the old root", "pivot",
                  s1=inp.rootfs)
     plan.add(lib.PR_OP_OPEN_ROOT, "open the new /", "pivot", s1="/")
+    if own_mountns and not dev_bound:
+        plan.add(lib.PR_OP_DEVNULL, "stdio that is /dev/null: the container's, read-write",
+                 "pivot")
     if linux.rootfs_propagation:
         rp = _PROPAGATION[linux.rootfs_propagation]
         plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(rp, L.MS_FLAGS)} (rootfsPropagation)",
@@ -480,7 +491,8 @@ def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks
     if u.umask is not None:
         plan.add(lib.PR_OP_UMASK, f"umask {u.umask:04o}", "exec", n1=u.umask)
     path = next((e[5:] for e in proc.env if e.startswith("PATH=")), "")
-    plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r} in PATH", "exec",
+    where = "" if "/" in proc.args[0] else " in PATH"
+    plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r}{where}", "exec",
              s1=proc.args[0], s2=path)
     plan.add(lib.PR_OP_CLOSE_FDS, f"close-on-exec every fd from {3 + preserve_fds} up", "exec",
              n1=3 + preserve_fds)

@@ -113,6 +113,8 @@ def child_calls(op, spec=None):
                 "no mount namespace, so no pivot_root"]
     if k == "STDIO":
         return [f"dup3(fd, 0|1|2) for stdin, stdout, stderr from fds {[op.n1, op.n2, op.n3]} (-1: kept)"]
+    if k == "DEVNULL":
+        return ["openat(\"/dev/null\", O_RDWR) + dup3 onto each of 0, 1, 2 that is /dev/null"]
     if k == "MOVE_ROOT":
         return [f"mount({_q(op.s1)}, \"/\", NULL, MS_MOVE, NULL)", "chroot(\".\")"]
     if k == "MASK":
@@ -178,8 +180,15 @@ def child_calls(op, spec=None):
 def _mount_calls(op):
     target = _q(op.s2)
     calls = []
-    if op.flags or op.s3 or op.s1:
-        calls.append(f"mount({_q(op.s1)}, {target}, {_q(op.s3)}, {_ms(op.flags)}, {_q(op.s4)})")
+    copyup_ro = op.n1 & lib.PR_MNT_COPYUP and op.flags & L.MS_RDONLY
+    flags = op.flags & ~L.MS_RDONLY if copyup_ro else op.flags
+    if flags or op.s3 or op.s1:
+        calls.append(f"mount({_q(op.s1)}, {target}, {_q(op.s3)}, {_ms(flags)}, {_q(op.s4)})")
+    if op.n1 & lib.PR_MNT_COPYUP:
+        calls.append("getdents64 + openat + sendfile + fchownat + fchmodat + utimensat: "
+                     "copy the covered directory into the tmpfs (tmpcopyup)")
+    if copyup_ro:
+        calls.append(f"mount(NULL, {target}, NULL, MS_REMOUNT|{_ms(op.flags)}, {_q(op.s4)})")
     if op.n1 & lib.PR_MNT_BIND_SOURCE and op.flags2:
         calls.append(f"mount(NULL, {target}, NULL, MS_REMOUNT|MS_BIND|{_ms(op.flags2)}, NULL)")
     if op.flags3:
