@@ -70,6 +70,8 @@ def main(argv=None):
     except PyrunError as e:
         log.error(str(e))
         return 1
+    except BrokenPipeError:
+        return 0  # e.g. `| head`: the reader is gone
     except OSError as e:
         log.error(str(e))
         return 1
