@@ -4,13 +4,13 @@ interleaved round-robin so that all share the machine's noise.
 
 Every runtime runs the same bundle (the host's static busybox; runc's
 default spec as ``pyrun spec`` writes it, with terminal false, args
-["/bin/true"] and no linux.resources, which pyrun does not support yet)
-with its own --root in a temp dir.  crun goes through the wrapper this
+["/bin/true"], no linux.resources and a test-named linux.cgroupsPath) with
+its own --root in a temp dir.  crun goes through the wrapper this
 hybrid-cgroup host needs (a private mount namespace without the cgroup2
 mount, see /work/shared/MACHINE.md), so its figure includes unshare and sh.
 
-runc and crun put each container in a cgroup (cgroupsPath below; they
-remove it on delete); pyrun makes none without linux.resources.
+Every runtime puts each container in a cgroup (cgroupsPath below) and
+removes it on delete.
 
 Rerun, as root, from the checkout (after bash scripts/setup):
     .venv/bin/python bench/run_true.py [--reps N]
@@ -35,7 +35,7 @@ from pyrun.runtime.run import run  # noqa: E402
 from pyrun.runtime.state import Store  # noqa: E402
 
 # A cgroup named for pyrun tests, as the machine's rules ask.
-CGROUPS_PATH = "/pyrun-test-bench-run-true"
+CGROUPS_PATH = f"/pyrun-test-bench-{os.getpid()}"  # one per bench process
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 CRUN_WRAPPER = """#!/bin/sh
@@ -145,7 +145,7 @@ def main():
         print(f"{name:<17}{med[name]:8.2f}{min(t):8.2f}{max(t):8.2f}"
               f"{med[name] / med['runc']:8.2f}{med[name] / med['crun (wrapper)']:8.2f}")
     print("crun runs through its hybrid-cgroup wrapper (unshare + sh included); "
-          "runc and crun create a cgroup per container, pyrun none.")
+          "each container gets a cgroup.")
     print("rerun: as root, in the checkout: .venv/bin/python bench/run_true.py --reps 100")
 
 

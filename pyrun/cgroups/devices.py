@@ -23,7 +23,7 @@ Two renderings of the final state:
   "Device controller").
 """
 import struct
-from dataclasses import dataclass, field
+from pyrun.record import Frozen, Record
 
 from pyrun.errdefs import InvalidArgument
 from pyrun.cgroups.resources import DeviceRule
@@ -40,11 +40,10 @@ def _sort_key(meta):
     return (-1 if major is None else major, -1 if minor is None else minor, t)
 
 
-@dataclass
-class DeviceState:
+class DeviceState(Record):
     """The v1 devices controller state: a default and exceptions."""
-    default_allow: bool = False
-    exceptions: dict = field(default_factory=dict)
+    __slots__ = ("default_allow", "exceptions")
+    _defaults = {"default_allow": False, "exceptions": dict}
 
     def apply(self, rule):
         """Apply one DeviceRule; InvalidArgument if it would punch a hole
@@ -72,7 +71,6 @@ class DeviceState:
 
     def sorted_exceptions(self):
         return sorted(self.exceptions.items(), key=lambda kv: _sort_key(kv[0]))
-
 
 # The devices every runc container may use besides its spec's rules
 # (runc 1.1 specconv AllowedDevices): mknod of anything, the standard
@@ -171,14 +169,10 @@ EXIT = 0x95          # BPF_JMP | BPF_EXIT
 LICENSE = "Apache"  # any string works for a program that calls no GPL helpers
 
 
-@dataclass(frozen=True)
-class Insn:
+class Insn(Frozen):
     """One ``struct bpf_insn``."""
-    code: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
+    __slots__ = ("code", "dst", "src", "off", "imm")
+    _defaults = {"dst": 0, "src": 0, "off": 0, "imm": 0}
 
     def encode(self):
         return struct.pack("<BBhi", self.code, self.dst | (self.src << 4), self.off, self.imm)

@@ -154,3 +154,8 @@ class Group:
             return default
         text = self.read(file).strip()
         return (1 << 64) - 1 if text == "max" else int(text)
+
+
+def warn(msg):
+    """A setting that is accepted but has no effect (runc warns too)."""
+    os.write(2, f"pyrun: warning: {msg}\n".encode())

@@ -13,8 +13,7 @@ requested resource that neither offers is a FailedPrecondition.
 """
 import errno
 import os
-import re
-import signal
+import _signal
 import time
 
 from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotImplementedYet
@@ -32,7 +31,7 @@ def _given(section):
         return False
     if isinstance(section, tuple):
         return bool(section)
-    return any(v not in (None, (), 0, False) for v in vars(section).values())
+    return any(v not in (None, (), 0, False) for v in section.asdict().values())
 
 
 class Manager:
@@ -177,7 +176,7 @@ class Manager:
         if _given(res.memory):
             kind, g = self._need("memory", f"{W}.memory")
             (v1 if kind == "v1" else v2).set_memory(g, res.memory)
-        if cpu is not None and _given(type(cpu)(**{**vars(cpu), "cpus": None, "mems": None})):
+        if cpu is not None and _given(cpu.replace(cpus=None, mems=None)):
             kind, g = self._need("cpu", f"{W}.cpu")
             (v1 if kind == "v1" else v2).set_cpu(g, cpu)
         if _given(res.pids):
@@ -249,12 +248,12 @@ class Manager:
                 continue
         return sorted(set(out))
 
-    def kill_all(self, sig=signal.SIGKILL):
+    def kill_all(self, sig=_signal.SIGKILL):
         """Send ``sig`` to every process in the group.  SIGKILL uses
         cgroup.kill when the cgroup2 tree has it (atomic, races no fork);
         otherwise the group is frozen while the signals go out, so that no
         new child escapes, then thawed (unless it was frozen before)."""
-        if sig == signal.SIGKILL and "" in self.paths and self.group("").exists("cgroup.kill"):
+        if sig == _signal.SIGKILL and "" in self.paths and self.group("").exists("cgroup.kill"):
             self.group("").write("cgroup.kill", 1)
             return
         # A paused container stays paused: only thaw what we froze here.
@@ -322,6 +321,7 @@ class Manager:
                 out[key] = v2f(b[1])
         b = self.backend("hugetlb")
         if b:
+            import re
             sizes = sorted({m.group(1) for m in map(re.compile(r"^hugetlb\.(\d+[KMG]B)\.").match,
                                                    os.listdir(b[1].dir)) if m})
             out["hugetlb"] = (v1 if b[0] == "v1" else v2).hugetlb_stats(b[1], sizes)

@@ -11,9 +11,7 @@ Absent fields are ``None`` (or an empty tuple): the managers leave the
 matching cgroup files alone.  Source: runtime-spec config-linux.md, "Control
 groups"; the field-by-field meaning matches runc's specconv.
 """
-import dataclasses
-import re
-from dataclasses import dataclass
+from pyrun.record import Frozen
 
 from pyrun.errdefs import InvalidArgument
 
@@ -23,90 +21,56 @@ UINT32 = (0, (1 << 32) - 1)
 UINT16 = (0, (1 << 16) - 1)
 
 
-@dataclass(frozen=True)
-class Memory:
+class Memory(Frozen):
     """Bytes, except ``swappiness`` (0-100).  ``limit``, ``swap`` of -1 mean
     unlimited.  ``swap`` is memory+swap, as in cgroup v1's memsw."""
-    limit: int | None = None
-    reservation: int | None = None
-    swap: int | None = None
-    kernel: int | None = None
-    kernel_tcp: int | None = None
-    swappiness: int | None = None
-    disable_oom_killer: bool | None = None
-    use_hierarchy: bool | None = None
-    check_before_update: bool | None = None
+    __slots__ = ("limit", "reservation", "swap", "kernel", "kernel_tcp", "swappiness", "disable_oom_killer", "use_hierarchy", "check_before_update")
+    _defaults = {"limit": None, "reservation": None, "swap": None, "kernel": None, "kernel_tcp": None, "swappiness": None, "disable_oom_killer": None, "use_hierarchy": None, "check_before_update": None}
 
 
-@dataclass(frozen=True)
-class CPU:
+class CPU(Frozen):
     """``quota``/``period``/``burst`` in microseconds (CFS), ``shares`` as
     cgroup v1 cpu.shares, ``realtime_*`` in microseconds, ``cpus``/``mems`` in
     cpuset list syntax (``0-3,5``), ``idle`` 0 or 1."""
-    shares: int | None = None
-    quota: int | None = None
-    burst: int | None = None
-    period: int | None = None
-    realtime_runtime: int | None = None
-    realtime_period: int | None = None
-    cpus: str | None = None
-    mems: str | None = None
-    idle: int | None = None
+    __slots__ = ("shares", "quota", "burst", "period", "realtime_runtime", "realtime_period", "cpus", "mems", "idle")
+    _defaults = {"shares": None, "quota": None, "burst": None, "period": None, "realtime_runtime": None, "realtime_period": None, "cpus": None, "mems": None, "idle": None}
 
 
-@dataclass(frozen=True)
-class Pids:
+class Pids(Frozen):
     """``limit`` < 0 means unlimited ("max"); 0 or None leaves pids.max
     alone (runc 1.1; runtime-spec 1.2.1 made ``limit`` optional)."""
-    limit: int | None = None
+    __slots__ = ("limit",)
+    _defaults = {"limit": None}
 
 
-@dataclass(frozen=True)
-class WeightDevice:
-    major: int
-    minor: int
-    weight: int | None = None
-    leaf_weight: int | None = None
+class WeightDevice(Frozen):
+    __slots__ = ("major", "minor", "weight", "leaf_weight")
+    _defaults = {"weight": None, "leaf_weight": None}
 
 
-@dataclass(frozen=True)
-class ThrottleDevice:
+class ThrottleDevice(Frozen):
     """``rate`` in bytes/s (bps) or operations/s (iops)."""
-    major: int
-    minor: int
-    rate: int
+    __slots__ = ("major", "minor", "rate")
 
 
-@dataclass(frozen=True)
-class BlockIO:
+class BlockIO(Frozen):
     """``weight``/``leaf_weight`` 10-1000 (cgroup v1 blkio scale)."""
-    weight: int | None = None
-    leaf_weight: int | None = None
-    weight_device: tuple[WeightDevice, ...] = ()
-    throttle_read_bps_device: tuple[ThrottleDevice, ...] = ()
-    throttle_write_bps_device: tuple[ThrottleDevice, ...] = ()
-    throttle_read_iops_device: tuple[ThrottleDevice, ...] = ()
-    throttle_write_iops_device: tuple[ThrottleDevice, ...] = ()
+    __slots__ = ("weight", "leaf_weight", "weight_device", "throttle_read_bps_device", "throttle_write_bps_device", "throttle_read_iops_device", "throttle_write_iops_device")
+    _defaults = {"weight": None, "leaf_weight": None, "weight_device": (), "throttle_read_bps_device": (), "throttle_write_bps_device": (), "throttle_read_iops_device": (), "throttle_write_iops_device": ()}
 
 
-@dataclass(frozen=True)
-class HugepageLimit:
+class HugepageLimit(Frozen):
     """``pagesize`` as the kernel names it in file names (``2MB``, ``1GB``);
     ``limit`` in bytes."""
-    pagesize: str
-    limit: int
+    __slots__ = ("pagesize", "limit")
 
 
-@dataclass(frozen=True)
-class DeviceRule:
+class DeviceRule(Frozen):
     """One ``linux.resources.devices`` entry.  ``type`` is ``a``, ``b`` or
     ``c``; ``major``/``minor`` None is the wildcard ``*``; ``access`` a
     non-empty subset of ``rwm``."""
-    allow: bool
-    type: str = "a"
-    major: int | None = None
-    minor: int | None = None
-    access: str = "rwm"
+    __slots__ = ("allow", "type", "major", "minor", "access")
+    _defaults = {"type": "a", "major": None, "minor": None, "access": "rwm"}
 
     def cgroup_string(self):
         """The cgroup v1 devices.allow/deny line: ``c 1:3 rwm``."""
@@ -115,29 +79,20 @@ class DeviceRule:
         return f"{self.type} {num(self.major)}:{num(self.minor)} {self.access}"
 
 
-@dataclass(frozen=True)
-class Network:
+class Network(Frozen):
     """net_cls classid and net_prio (interface, priority) pairs."""
-    class_id: int | None = None
-    priorities: tuple[tuple[str, int], ...] = ()
+    __slots__ = ("class_id", "priorities")
+    _defaults = {"class_id": None, "priorities": ()}
 
 
-@dataclass(frozen=True)
-class Resources:
-    devices: tuple[DeviceRule, ...] = ()
-    memory: Memory | None = None
-    cpu: CPU | None = None
-    pids: Pids | None = None
-    block_io: BlockIO | None = None
-    hugepage_limits: tuple[HugepageLimit, ...] = ()
-    network: Network | None = None
-    rdma: tuple[tuple[str, int | None, int | None], ...] = ()
-    unified: tuple[tuple[str, str], ...] = ()
+class Resources(Frozen):
+    __slots__ = ("devices", "memory", "cpu", "pids", "block_io", "hugepage_limits", "network", "rdma", "unified")
+    _defaults = {"devices": (), "memory": None, "cpu": None, "pids": None, "block_io": None, "hugepage_limits": (), "network": None, "rdma": (), "unified": ()}
 
     def with_devices(self, extra):
         """A copy with the ``extra`` DeviceRules appended (runc appends the
         default allowed devices after the spec's rules)."""
-        return dataclasses.replace(self, devices=self.devices + tuple(extra))
+        return self.replace(devices=self.devices + tuple(extra))
 
 
 def _int(raw, where, lo_hi):
@@ -199,12 +154,18 @@ def _range(lo, hi):
     return lambda v, w: _int(v, w, (lo, hi))
 
 
-_CPUSET_LIST = re.compile(r"^\s*(\d+(-\d+)?)(\s*,\s*\d+(-\d+)?)*\s*$")
+def _is_cpuset_list(text):
+    """``0-3,5``: comma-separated numbers and ranges (spaces allowed)."""
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            return False
+    return True
 
 
 def _cpuset(raw, where):
     _str(raw, where)
-    if raw and not _CPUSET_LIST.match(raw):
+    if raw and not _is_cpuset_list(raw):
         raise InvalidArgument(f"{where}: {raw!r} is not a cpuset list such as '0-2,4'")
     return raw
 
@@ -284,11 +245,14 @@ def _block_io(raw, where):
     }))
 
 
-_PAGESIZE = re.compile(r"^[1-9][0-9]*[KMG]B$")
+def _is_pagesize(text):
+    """``2MB``, ``1GB``, ``64KB``: as the kernel names hugetlb files."""
+    return (len(text) >= 3 and text[-2:] in ("KB", "MB", "GB") and text[:-2].isdigit()
+            and text[0] != "0")
 
 
 def _pagesize(raw, where):
-    if not _PAGESIZE.match(_str(raw, where)):
+    if not _is_pagesize(_str(raw, where)):
         raise InvalidArgument(f"{where}: {raw!r} is not a page size such as '2MB' or '1GB'")
     return raw
 

@@ -8,21 +8,20 @@ pids.go, hugetlb.go, devices.go, freezer.go), restated here.  Kernel
 reference: Documentation/admin-guide/cgroup-v1/.
 """
 import errno
-import logging
 import time
 
 from pyrun.errdefs import FailedPrecondition, InvalidArgument, Unavailable
 from pyrun.linux import SyscallError
 from pyrun.cgroups import devices
+from pyrun.cgroups.fs import warn
 
-log = logging.getLogger(__name__)
 
 
 def set_memory(g, m, where="linux.resources.memory"):
     if m.kernel is not None:
         # Linux >= 5.16 accepts memory.kmem.limit_in_bytes but ignores it;
         # runc 1.1 ignores the field too.
-        log.warning("%s.kernel is ignored (the kernel no longer enforces kmem limits)", where)
+        warn(f"{where}.kernel is ignored (the kernel no longer enforces kmem limits)")
     if m.check_before_update and m.limit and m.limit > 0:
         usage = g.number("memory.usage_in_bytes")
         if m.limit < usage:

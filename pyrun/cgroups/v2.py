@@ -19,7 +19,6 @@ Settings v2 cannot express (memory.swappiness, disableOOMKiller, realtime
 CPU, blkio leaf weights, net_cls/net_prio) are refused, never dropped.
 Kernel reference: Documentation/admin-guide/cgroup-v2.rst.
 """
-import logging
 import os
 import select
 import time
@@ -27,10 +26,10 @@ import time
 from pyrun import linux
 from pyrun.errdefs import InvalidArgument, NotImplementedYet, Unavailable
 from pyrun.cgroups import devices
+from pyrun.cgroups.fs import warn
 # cpuset, pids and rdma have the same files and values in both versions.
 from pyrun.cgroups.v1 import pids_stats, set_cpuset, set_pids, set_rdma  # noqa: F401
 
-log = logging.getLogger(__name__)
 
 
 def cpu_weight(shares):
@@ -67,8 +66,8 @@ def _num(v):
 def set_memory(g, m, where="linux.resources.memory"):
     if m.kernel is not None or m.kernel_tcp is not None:
         # memory.max already covers kernel and socket memory in v2.
-        log.warning("%s.kernel and .kernelTCP are ignored (cgroup v2 has no separate kernel "
-                    "memory limits; memory.max covers them)", where)
+        warn(f"{where}.kernel and .kernelTCP are ignored (cgroup v2 has no separate kernel "
+             "memory limits; memory.max covers them)")
     if m.swappiness is not None:
         raise NotImplementedYet(f"{where}.swappiness: cgroup v2 has no per-group swappiness")
     if m.disable_oom_killer:
