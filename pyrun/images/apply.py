@@ -164,12 +164,16 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     reader, kind = compression.decompressed(raw, media_type)
     tar_stream = compression.DigestReader(reader, algorithm)
     applier = _Applier(root, mode, lower_dirs, max_entries, max_depth)
-    try:
-        applier.apply(tar_stream)
-    finally:
-        applier.close()
-    # The diffID covers the whole stream: end-of-archive blocks and padding.
-    tar_stream.drain()
+    # Decompression and the diffID hash run in a helper thread, on another
+    # core than the file writes.
+    with compression.ReadAhead(tar_stream) as ahead:
+        try:
+            applier.apply(ahead)
+        finally:
+            applier.close()
+        # The diffID covers the whole stream: end-of-archive blocks and padding.
+        while ahead.read(1 << 20):
+            pass
     if compute_digest:
         raw.drain()
     diffid = tar_stream.digest()
