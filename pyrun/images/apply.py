@@ -159,6 +159,13 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     missing target or a directory.  Machine errors (ENOSPC, EIO, ...) stay OSError, with the
     entry named.
 
+    Decompression and the diffID hash run in a helper thread, and regular
+    files up to 1 MiB are created and written by a few helper threads
+    (creating a file costs far more in the kernel than in Python); an
+    entry that comes back to a name still being written, and every
+    whiteout, hard link and removal, waits for them first, so the tree is
+    the one a one-by-one apply makes.
+
     A failed apply leaves ``root`` half-written.  Callers apply into a fresh
     active snapshot (snapshotter ``prepare``) and remove it on failure, so
     nothing half-applied is ever committed or seen by a container.
