@@ -10,5 +10,5 @@ setup(
     install_requires=["cffi>=1.15", "requests", "zstandard", "pyroute2"],
     extras_require={"test": ["pytest"]},
     cffi_modules=["native/build.py:ffi"],
-    scripts=["bin/pyrun"],
+    scripts=["bin/pyrun", "bin/pyrunctl"],
 )

@@ -22,12 +22,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from conftest import make_busybox_rootfs  # noqa: E402
+from interleave import time_interleaved  # noqa: E402
 from runtime_helpers import make_bundle  # noqa: E402
 
 from pyrun.fsutil import remove_tree  # noqa: E402
@@ -124,21 +124,9 @@ def main():
              enumerate([*clis, "pyrun (library)"])}
     runners = {name: cli_runner(argv, roots[name], bundle) for name, argv in clis.items()}
     runners["pyrun (library)"] = library_runner(roots["pyrun (library)"], bundle)
-    times = {name: [] for name in runners}
     names = list(runners)
     try:
-        for name in names:  # one warm-up each: page cache, .pyc files
-            if runners[name]("warmup") != 0:
-                sys.exit(f"run_true: {name} failed to run /bin/true")
-        for i in range(opts.reps):
-            # Rotate the order so that no runtime always follows the same one.
-            k = i % len(names)
-            for name in names[k:] + names[:k]:
-                t0 = time.perf_counter()
-                status = runners[name](f"bench-{i}")
-                times[name].append((time.perf_counter() - t0) * 1000)
-                if status != 0:
-                    sys.exit(f"run_true: {name} exited {status} on run {i}")
+        times = time_interleaved(runners, opts.reps, "run_true")
     finally:
         for name, argv in clis.items():
             cleanup_cli(argv, roots[name])

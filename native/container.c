@@ -325,6 +325,138 @@ static int reopen_target(struct pr_plan *p, struct pr_op *o)
 	return open_in_root(p, p->root_fd, o->s2, PR_MK_NONE);
 }
 
+/* tmpcopyup (runc and crun's extension): copy what a tmpfs was just mounted
+ * over into it.  `from` reads the covered directory, `to` is the new tmpfs
+ * (or a directory in it).  Modes, owners and times are kept; no xattrs, as
+ * runc.  Raw syscalls, a stack buffer per level, symlink targets in
+ * p->link_buf: nothing here may allocate (see the top of this file). */
+struct pr_dirent64 {
+	uint64_t d_ino;
+	int64_t d_off;
+	unsigned short d_reclen;
+	unsigned char d_type;
+	char d_name[];
+};
+
+static int copy_tree(struct pr_plan *p, int from, int to, int depth);
+
+static int copy_entry(struct pr_plan *p, int from, int to, const char *name, int depth)
+{
+	struct stat st;
+	struct timespec times[2];
+	int f = -1, t = -1, r = 0;
+
+	if (syscall(SYS_newfstatat, from, name, &st, PR_AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	switch (st.st_mode & S_IFMT) {
+	case S_IFDIR:
+		if (syscall(SYS_mkdirat, to, name, 0700) < 0)
+			return -errno;
+		f = (int)syscall(SYS_openat, from, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		t = f < 0 ? -1 : (int)syscall(SYS_openat, to, name,
+					      O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		r = t < 0 ? -errno : copy_tree(p, f, t, depth + 1);
+		break;
+	case S_IFREG:
+		f = (int)syscall(SYS_openat, from, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		t = f < 0 ? -1 : (int)syscall(SYS_openat, to, name,
+					      O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (t < 0)
+			r = -errno;
+		while (r == 0) {
+			long n = syscall(SYS_sendfile, t, f, NULL, 1 << 30);
+			if (n < 0)
+				r = -errno;
+			if (n <= 0)
+				break;
+		}
+		break;
+	case S_IFLNK: {
+		long n = syscall(SYS_readlinkat, from, name, p->link_buf, PR_PATH_MAX - 1);
+		if (n < 0)
+			return -errno;
+		p->link_buf[n] = 0;
+		if (syscall(SYS_symlinkat, p->link_buf, to, name) < 0)
+			return -errno;
+		break;
+	}
+	default:	/* fifos, sockets, device nodes */
+		if (syscall(SYS_mknodat, to, name, st.st_mode, st.st_rdev) < 0)
+			return -errno;
+	}
+	if (f >= 0)
+		syscall(SYS_close, f);
+	if (t >= 0)
+		syscall(SYS_close, t);
+	if (r < 0)
+		return r;
+	/* chown before chmod: chown clears the set-id bits. */
+	if (syscall(SYS_fchownat, to, name, st.st_uid, st.st_gid, PR_AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (!S_ISLNK(st.st_mode) && syscall(SYS_fchmodat, to, name, st.st_mode & 07777) < 0)
+		return -errno;
+	times[0] = st.st_atim;
+	times[1] = st.st_mtim;
+	if (syscall(SYS_utimensat, to, name, times, PR_AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	return 0;
+}
+
+static int copy_tree(struct pr_plan *p, int from, int to, int depth)
+{
+	char buf[1024];
+
+	if (depth > 128)
+		return -ELOOP;
+	for (;;) {
+		long n = syscall(SYS_getdents64, from, buf, sizeof buf), off;
+		if (n <= 0)
+			return n < 0 ? -errno : 0;
+		for (off = 0; off < n;) {
+			struct pr_dirent64 *d = (struct pr_dirent64 *)(buf + off);
+			int r;
+			off += d->d_reclen;
+			if (d->d_name[0] == '.' && (!d->d_name[1] || (d->d_name[1] == '.' && !d->d_name[2])))
+				continue;
+			r = copy_entry(p, from, to, d->d_name, depth);
+			if (r < 0)
+				return r;
+		}
+	}
+}
+
+/* After a tmpfs is mounted on the directory `covered` (an O_PATH fd taken
+ * before the mount, so it still names the directory underneath), copy that
+ * directory's content into the tmpfs. */
+static int copy_up(struct pr_plan *p, struct pr_op *o, int covered)
+{
+	int from, to, r;
+
+	from = (int)syscall(SYS_openat, covered, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (from < 0)
+		return -errno;
+	to = reopen_target(p, o);
+	r = to < 0 ? to : copy_tree(p, from, to, 0);
+	syscall(SYS_close, from);
+	if (to >= 0)
+		syscall(SYS_close, to);
+	return r;
+}
+
+/* Point *fd (and its /proc/self/fd path in `target`) at the mount just
+ * made on the target instead of the directory it covers. */
+static int reopen_mounted(struct pr_plan *p, struct pr_op *o, int *fd, char *target)
+{
+	int nfd = reopen_target(p, o);
+
+	if (nfd < 0)
+		return nfd;
+	syscall(SYS_close, *fd);
+	*fd = nfd;
+	fd_path(target, nfd);
+	return 0;
+}
+
 static int do_mount(struct pr_plan *p, struct pr_op *o)
 {
 	char target[40];
@@ -341,33 +473,52 @@ static int do_mount(struct pr_plan *p, struct pr_op *o)
 			kind = PR_MK_FILE;
 	}
 	if (o->n1 & PR_MNT_HOST_TARGET) {
+		/* A path the runtime chose (/, the rootfs): used as it is, so
+		 * that no /proc is needed (the container may not mount one). */
 		fd = (int)syscall(SYS_openat, AT_FDCWD, o->s2, PR_O_PATH | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
+		if (pr_mount(o->s1, o->s2, o->s3, flags, o->s4) < 0)
+			r = -errno;
+		else if (o->flags2 || o->flags3 || o->n2 || o->n3)
+			r = -EINVAL;	/* the plan never asks for more on a host path */
+		goto out;
 	} else {
 		fd = open_in_root(p, p->root_fd, o->s2, kind);
 		if (fd < 0)
 			return fd;
 	}
 	fd_path(target, fd);
+	/* A read-only tmpfs is filled first and made read-only after (runc). */
+	if (o->n1 & PR_MNT_COPYUP)
+		flags &= ~(unsigned long)PR_MS_RDONLY;
 	if (flags || o->s3 || o->s1) {
 		if (pr_mount(o->s1, target, o->s3, flags, o->s4) < 0) {
 			r = -errno;
 			goto out;
 		}
 	}
+	if (o->n1 & PR_MNT_COPYUP) {
+		r = copy_up(p, o, fd);
+		if (r < 0)
+			goto out;
+		if (o->flags & PR_MS_RDONLY) {
+			r = reopen_mounted(p, o, &fd, target);
+			if (r < 0)
+				goto out;
+			if (pr_mount(NULL, target, NULL, o->flags | PR_MS_REMOUNT, o->s4) < 0) {
+				r = -errno;
+				goto out;
+			}
+		}
+	}
 	/* A bind mount ignores every flag but MS_BIND|MS_REC on the first
 	 * call; the rest need a remount of the new mount (mount(8) does the
 	 * same).  Reopen: the fd still points at the covered directory. */
 	if ((o->n1 & PR_MNT_BIND_SOURCE) && o->flags2) {
-		int nfd = reopen_target(p, o);
-		if (nfd < 0) {
-			r = nfd;
+		r = reopen_mounted(p, o, &fd, target);
+		if (r < 0)
 			goto out;
-		}
-		syscall(SYS_close, fd);
-		fd = nfd;
-		fd_path(target, fd);
 		if (pr_mount(NULL, target, NULL, o->flags2 | locked_flags(fd) | PR_MS_REMOUNT | PR_MS_BIND,
 			     NULL) < 0) {
 			r = -errno;
@@ -562,7 +713,14 @@ static int do_readonly(struct pr_plan *p, struct pr_op *o)
 	if (fd < 0)
 		return fd;
 	fd_path(target, fd);
-	if (!(o->n1 & 1) && pr_mount(target, target, NULL, PR_MS_BIND | PR_MS_REC, NULL) < 0) {
+	if (o->n1 & 1) {
+		/* The root itself: by path, no /proc needed. */
+		if (pr_mount(NULL, "/", NULL, PR_MS_REMOUNT | PR_MS_BIND | PR_MS_RDONLY |
+			     locked_flags(fd), NULL) < 0)
+			r = -errno;
+		goto out;
+	}
+	if (pr_mount(target, target, NULL, PR_MS_BIND | PR_MS_REC, NULL) < 0) {
 		r = -errno;
 		goto out;
 	}
@@ -752,8 +910,13 @@ static int do_resolve_exec(struct pr_plan *p, struct pr_op *o)
 				return -ENAMETOOLONG;
 			if (syscall(SYS_newfstatat, AT_FDCWD, file, &st, 0) < 0)
 				return -errno;
-			if (S_ISDIR(st.st_mode))
-				return -EACCES;
+			if (!S_ISREG(st.st_mode))
+				return -EACCES;	/* as execve would say */
+			/* As runc (Go's exec.LookPath): refuse at create time, so
+			 * engines can tell "not executable" (podman: exit 126)
+			 * from a failing program. */
+			if (syscall(SYS_faccessat, AT_FDCWD, file, X_OK, 0) < 0)
+				return -errno;
 			memcpy(p->exec_path, file, flen + 1);
 			return 0;
 		}
@@ -896,6 +1059,55 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 		return do_hook(p, o);
 	case PR_OP_PIVOT_ROOT:
 		return do_pivot_root(p, o);
+	case PR_OP_STDIO: {
+		/* The container's stdin, stdout, stderr (n1, n2, n3; -1 keeps
+		 * ours).  The plan put them above 2, so no dup3 clobbers another. */
+		int64_t fds[3] = { o->n1, o->n2, o->n3 };
+		for (int i = 0; i < 3; i++) {
+			if (fds[i] >= 0 && syscall(SYS_dup3, (int)fds[i], i, 0) < 0)
+				return -errno;
+		}
+		return 0;
+	}
+	case PR_OP_MKDIR: {	/* a directory inside the root (process.cwd, as runc) */
+		int fd = open_in_root(p, p->root_fd, o->s1, PR_MK_DIR);
+		if (fd < 0)
+			return fd;
+		syscall(SYS_close, fd);
+		return 0;
+	}
+	case PR_OP_DEVNULL: {
+		/* stdin, stdout, stderr that are /dev/null (the host's, maybe
+		 * opened read-only: containerd's --null-io gives all three as
+		 * one O_RDONLY fd) become the container's /dev/null opened
+		 * read-write, as runc does after pivot_root. */
+		struct stat null_st, st;
+		int fd = (int)syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		if (syscall(SYS_fstat, fd, &null_st) < 0) {
+			int r = -errno;
+			syscall(SYS_close, fd);
+			return r;
+		}
+		for (int i = 0; i < 3; i++) {
+			if (syscall(SYS_fstat, i, &st) == 0 && S_ISCHR(st.st_mode) &&
+			    st.st_rdev == null_st.st_rdev && syscall(SYS_dup3, fd, i, 0) < 0) {
+				int r = -errno;
+				syscall(SYS_close, fd);
+				return r;
+			}
+		}
+		syscall(SYS_close, fd);
+		return 0;
+	}
+	case PR_OP_CHROOT:
+		/* No mount namespace: pivot_root would swap the root of every
+		 * process sharing this namespace, so only chroot (as runc). */
+		if (syscall(SYS_chdir, o->s1) < 0 || syscall(SYS_chroot, ".") < 0 ||
+		    syscall(SYS_chdir, "/") < 0)
+			return -errno;
+		return 0;
 	case PR_OP_MOVE_ROOT:
 		return do_move_root(o);
 	case PR_OP_MASK:
@@ -985,7 +1197,13 @@ long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd)
 {
 	long pid = pr_clone3(clone_flags | CLONE_PIDFD, pidfd, SIGCHLD);
 
-	if (pid == 0)
+	if (pid == 0) {
+		/* CVE-2019-5736: until execve this process is an image of the
+		 * runtime's interpreter.  Not dumpable, its /proc/<pid>/exe and
+		 * memory can only be reached with CAP_SYS_PTRACE, which containers
+		 * do not get; execve makes the new program dumpable again. */
+		pr_prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0);
 		child_main(p);
+	}
 	return pid;
 }

@@ -99,6 +99,10 @@ int pr_execve(const char *path, char *const argv[], char *const envp[]);
 #define PR_OP_FORK 31
 #define PR_OP_SECCOMP 32
 #define PR_OP_EXEC 33
+#define PR_OP_CHROOT 34
+#define PR_OP_STDIO 35
+#define PR_OP_MKDIR 36
+#define PR_OP_DEVNULL 37
 
 /* Messages from the child on the sync socket. */
 #define PR_MSG_SYNC 1	/* waiting for the parent (value: what for) */
@@ -112,6 +116,7 @@ int pr_execve(const char *path, char *const argv[], char *const envp[]);
 #define PR_MNT_BIND_SOURCE 1	/* source is a host path to bind; target kind follows it */
 #define PR_MNT_TARGET_FILE 2	/* create the target as a file */
 #define PR_MNT_HOST_TARGET 4	/* target is a host path, not inside the root */
+#define PR_MNT_COPYUP 8		/* tmpcopyup: copy the covered directory into the new tmpfs */
 #define PR_MKNOD_BIND 1		/* bind the host node instead of mknod (user ns) */
 #define PR_ID_NO_SETGROUPS 1	/* setgroups is denied in this user namespace */
 

@@ -49,6 +49,18 @@ def loads(data):
         obj, end = scan(data, i)
     except StopIteration as e:
         _fail("Expecting value", data, e.value)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError:
+        raise
+    except Exception:
+        # The C scanner's error paths expect a real JSONDecoder: let json
+        # itself produce the message.
+        import json
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
     while end < n and data[end] in _WS:
         end += 1
     if end != n:

@@ -152,6 +152,13 @@ def setdomainname(name):
     _check(lib.pr_setdomainname(b, len(b)), "setdomainname", repr(name))
 
 
+def set_child_subreaper(on=True):
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants are re-parented
+    to this process instead of init (how a task monitor keeps its
+    container's exit status)."""
+    _check(lib.pr_prctl(36, 1 if on else 0, 0, 0, 0), "prctl", "PR_SET_CHILD_SUBREAPER")
+
+
 def pidfd_open(pid):
     """pidfd_open(2); returns the fd."""
     return _check(lib.pr_pidfd_open(pid, 0), "pidfd_open", str(pid))

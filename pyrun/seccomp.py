@@ -34,6 +34,11 @@ FLAGS = {
     "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
 }
 _EPERM = 1
+# seccomp_syscall_resolve_name's answer for a name it does not know.  Other
+# negative numbers are libseccomp's pseudo-syscalls: calls that exist on
+# another architecture of the filter (socketcall, ipc, ... on x86); they are
+# real rules there.
+_NR_SCMP_ERROR = -1
 _ATTR_CTL_NNP = 3  # SCMP_FLTATR_CTL_NNP: we set no_new_privs ourselves
 
 
@@ -64,13 +69,32 @@ def _int(obj, key, where, default=None):
     return v
 
 
+_cache = {}
+_CACHE_MAX = 16
+
+
 def compile_filter(raw):
-    """Compile the ``linux.seccomp`` object ``raw`` (a dict).
+    """Compile the ``linux.seccomp`` object ``raw`` (a dict), or return the
+    result of an earlier call with an equal object: libseccomp takes ~10 ms
+    for a Docker-sized profile, more than creating a container, and
+    sandbox users create many containers with one profile.
 
     Returns (bpf bytes, number of instructions, seccomp(2) flags).  Raises
     InvalidArgument naming the field for bad input, NotImplementedYet for
     ``listenerPath``/SCMP_ACT_NOTIFY.
     """
+    import json
+    key = json.dumps(raw, sort_keys=True)
+    hit = _cache.get(key)
+    if hit is None:
+        hit = _compile(raw)
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[key] = hit
+    return hit
+
+
+def _compile(raw):
     w = "linux.seccomp"
     if raw.get("listenerPath"):
         raise NotImplementedYet(f"{w}.listenerPath: seccomp notify is not supported")
@@ -111,8 +135,8 @@ def compile_filter(raw):
                 continue
             for name in rule.get("names") or []:
                 nr = lib.seccomp_syscall_resolve_name(name.encode())
-                if nr < 0:
-                    continue  # unknown to this libseccomp/arch: runc skips it too
+                if nr == _NR_SCMP_ERROR:
+                    continue  # unknown to this libseccomp: runc skips it too
                 indexes = [a[0] for a in args]
                 groups = [[a] for a in args] if len(set(indexes)) < len(indexes) else [args]
                 for group in groups:

@@ -12,6 +12,22 @@ def new_parent_name():
     return f"/pyrun-test-{uuid.uuid4().hex[:10]}"
 
 
+def pure_v2():
+    """True on a pure cgroup v2 host (the scripts/vm-cgroup-v2 guest)."""
+    from pyrun.cgroups import detect
+    try:
+        return detect() == "v2"
+    except Exception:
+        return False
+
+
+def hierarchies(root="/sys/fs/cgroup"):
+    """Every hierarchy mounted under ``root`` (the unified one included),
+    each once: aliases such as cpu -> cpu,cpuacct are skipped."""
+    return [os.path.join(root, d) for d in os.listdir(root)
+            if os.path.isdir(os.path.join(root, d)) and not os.path.islink(os.path.join(root, d))]
+
+
 def remove_test_parent(hierarchy_roots, name):
     """Kill every process below the test parent ``name`` (only the tests'
     own) and remove the groups, in each hierarchy."""

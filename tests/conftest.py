@@ -37,43 +37,30 @@ def busybox_rootfs(tmp_path_factory):
 
 
 @pytest.fixture
+def pyrun(tmp_path):
+    """The pyrun CLI with a private --root in ``tmp_path``; containers
+    left at the end are deleted (--force)."""
+    from runtime_helpers import Pyrun
+    p = Pyrun(tmp_path / "state")
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture
 def safe_tmp(tmp_path):
     """A temp dir removed at the end without crossing mount points."""
     yield tmp_path
     remove_tree(str(tmp_path))
 
 
-def _in_use_by_another_session(numbered_dir):
-    """Whether a live pytest process other than this one owns
-    ``numbered_dir`` (pytest writes its pid in the dir's ``.lock``)."""
-    try:
-        with open(os.path.join(numbered_dir, ".lock")) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
 
 def _unmount_leftovers(where):
-    """Detach any mount a test left below ``where`` so that pytest's own
-    temp-dir cleanup (shutil.rmtree) can never descend into a mount.  The
-    numbered dirs of other pytest sessions still running (tests in other
-    worktrees) are left alone."""
+    """Detach any mount a test left below ``where`` so that removing the
+    temp dir can never descend into a mount."""
     from pyrun import linux
     from pyrun.fsutil import mounts_under
 
-    left = []
-    if os.path.isdir(where):
-        for name in sorted(os.listdir(where)):
-            d = os.path.join(where, name)
-            if os.path.isdir(d) and not os.path.islink(d) and not _in_use_by_another_session(d):
-                left += mounts_under(d)
+    left = mounts_under(where) if os.path.isdir(where) else []
     for m in left:
         try:
             linux.umount2(m, linux.MNT_DETACH)
@@ -82,15 +69,25 @@ def _unmount_leftovers(where):
     return left
 
 
-PYTEST_TMP = f"/tmp/pytest-of-{os.environ.get('USER', 'root')}"
-
-
 def pytest_configure(config):
-    _unmount_leftovers(PYTEST_TMP)
+    # A private base temp dir per session: pytest's own numbered dirs are
+    # pruned by rmtree across sessions, which could walk into the mounts
+    # of another session still running on this machine.
+    if config.option.basetemp is None:
+        import tempfile
+        config.option.basetemp = tempfile.mkdtemp(prefix="pyrun-tests-")
+        config._pyrun_basetemp = config.option.basetemp
 
 
-def pytest_sessionfinish(session, exitstatus):
-    left = _unmount_leftovers(PYTEST_TMP)
+def pytest_unconfigure(config):
+    base = getattr(config, "_pyrun_basetemp", None)
+    if base is None:
+        return
+    left = _unmount_leftovers(base)
     if left:
         print(f"\nWARNING: tests left mounts behind (now detached): {left}")
-from registry_fixtures import *  # noqa: F401,F403  (registry test fixtures)
+    try:
+        remove_tree(base)
+    except OSError as e:
+        print(f"\nWARNING: could not remove {base}: {e}")
+from registry_fixtures import *  # noqa: E402,F401,F403  (registry test fixtures)

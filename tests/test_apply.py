@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -430,6 +431,73 @@ def test_opaque_root_overlay(tmp_path):
     assert sorted(os.listdir(native)) == ["b", "new"] and os.listdir(native / "b") == ["d"]
     uppers = apply_overlay_stack(tmp_path / "ovl", layers)
     assert mounted_tree(tmp_path / "merged", uppers) == tree(str(native))
+
+
+def random_layer(rng, seen_files):
+    """A random layer over a small name space: directories d0..d2 nest,
+    leaves f0..f2 are files, symlinks or hard links; whiteouts and opaque
+    markers land anywhere.  Symlinks are leaves only, so no name is
+    resolved through one (where overlay and native modes differ on
+    purpose: see apply_layer)."""
+    def dirpath():
+        return "/".join(rng.choice("d0 d1 d2".split()) for _ in range(rng.randint(1, 3)))
+
+    def xattrs():
+        return rng.choice([{}, {"SCHILY.xattr.user.x": rng.choice("ab")}])
+
+    entries = []
+    for _ in range(rng.randint(3, 10)):
+        d, leaf = dirpath(), rng.choice("f0 f1 f2".split())
+        kind = rng.choice("file file dir sym fifo link link wh wh opq over root".split())
+        if kind in ("file", "over"):  # "over": a file where directories go
+            path = f"{d}/{leaf}" if kind == "file" else d
+            entries.append(file(path, rng.randbytes(rng.randint(0, 3)), pax=xattrs(),
+                                mode=rng.choice([0o644, 0o4755, 0o600])))
+            seen_files.append(path)
+        elif kind == "dir":
+            entries.append(dir(d, mode=rng.choice([0o755, 0o700, 0o1777]), pax=xattrs()))
+        elif kind == "root":
+            entries.append(opaque("."))
+        elif kind == "sym":
+            entries.append(symlink(f"{d}/{leaf}", rng.choice(["f0", "../x", "/d0/f1"])))
+            seen_files.append(f"{d}/{leaf}")
+        elif kind == "fifo":
+            entries.append(node(f"{d}/{leaf}", tarfile.FIFOTYPE, pax=xattrs()))
+            seen_files.append(f"{d}/{leaf}")
+        elif kind == "link" and seen_files:
+            entries.append(hardlink(f"{d}/{leaf}", rng.choice(seen_files)))
+        elif kind == "wh":
+            entries.append(whiteout(rng.choice([d, f"{d}/{leaf}"])))
+        elif kind == "opq":
+            entries.append(opaque(d))
+    return tar(*entries)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_stacks_overlay_matches_native(tmp_path, seed):
+    import random
+    rng = random.Random(seed)
+    native, uppers, seen = tmp_path / "native", [tmp_path / "empty"], []
+    native.mkdir()
+    uppers[0].mkdir()
+    for i in range(4):
+        while True:  # a layer whose hard links all find their target
+            data = random_layer(rng, seen)
+            trial = tmp_path / "trial"
+            subprocess.run(["cp", "-a", str(native), str(trial)], check=True)
+            try:
+                apply(trial, data, mode="native")
+                break
+            except InvalidArgument as e:
+                # The generator made a layer that does not fit: try another.
+                assert re.search("hard link|(?i:not a directory)", str(e)), e
+            subprocess.run(["rm", "-rf", "--one-file-system", str(trial)], check=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(native)], check=True)
+        trial.rename(native)
+        upper = tmp_path / f"layer{i}"
+        apply(upper, data, mode="overlay", lower_dirs=[str(u) for u in reversed(uppers)])
+        uppers.append(upper)
+        assert mounted_tree(tmp_path / f"merged{i}", uppers) == tree(str(native)), f"layer {i}"
 
 
 # -- small files written by helper threads ---------------------------------------------

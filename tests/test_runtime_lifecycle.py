@@ -272,3 +272,30 @@ def test_spec_and_features(tmp_path):
     assert r.returncode == 1 and "exists" in r.stderr
     feats = json.loads(subprocess.run([PYRUN, "features"], capture_output=True, text=True).stdout)
     assert "user" in feats["linux"]["namespaces"] and "rbind" in feats["mountOptions"]
+
+
+def test_no_mount_namespace(pyrun, tmp_path, busybox_rootfs):
+    """Without a mount namespace (runtime-tools linux_ns_itype): chroot, not
+    pivot_root; the mounts made in our namespace go away on delete."""
+    import shutil
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+    b = tmp_path / "bundle"
+    make_bundle(b, str(rootfs), ["sh", "-c", "ls /proc/self/ns >/dev/null; sleep 100"],
+                linux_namespaces=[{"type": "pid"}, {"type": "network"}], hostname="",
+                root={"path": str(rootfs), "readonly": False})
+    pyrun("create", "-b", str(b), "c1")
+    pid = pyrun.state("c1")["pid"]
+    assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert os.readlink(f"/proc/{pid}/root") == str(rootfs)
+    assert f"{rootfs}/proc" in mounts_under(str(rootfs))
+    pyrun("delete", "c1")
+    assert mounts_under(str(rootfs)) == []
+    r = pyrun("create", "-b", str(b), "c2", check=False)
+    assert r.returncode == 0
+    pyrun("delete", "c2")
+    make_bundle(b, str(rootfs), ["true"], linux_namespaces=[{"type": "pid"}], hostname="")
+    r = pyrun("create", "-b", str(b), "c3", check=False)
+    assert r.returncode == 1 and "root.readonly: needs a mount namespace" in r.stderr
+    assert mounts_under(str(rootfs)) == []

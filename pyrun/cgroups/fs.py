@@ -10,6 +10,7 @@ import errno
 import os
 import time
 
+from pyrun import trace
 from pyrun.errdefs import FailedPrecondition
 from pyrun.linux import SyscallError
 
@@ -31,12 +32,14 @@ def write_file(root, path, file, value):
     """
     full = join(root, path, file)
     data = str(value).encode()
+    tr = trace.current()
     try:
-        fd = os.open(full, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        with (trace.NO_SPAN if tr is None else tr.span("cgroups", f"write(\"{full}\", {str(value)!r})")):
+            fd = os.open(full, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
     except OSError as e:
         raise SyscallError(e.errno, "write", f"{str(value)!r} to {full}", full) from None
 
@@ -58,8 +61,10 @@ def exists(root, path, file=""):
 def make_dir(root, path):
     """mkdir one cgroup directory; returns False if it already existed."""
     full = join(root, path)
+    tr = trace.current()
     try:
-        os.mkdir(full, 0o755)
+        with (trace.NO_SPAN if tr is None else tr.span("cgroups", f"mkdir(\"{full}\", 0755)")):
+            os.mkdir(full, 0o755)
         return True
     except FileExistsError:
         return False
@@ -79,9 +84,11 @@ def remove_dir(root, path, attempts=10):
         if entry.is_dir(follow_symlinks=False):
             remove_dir(root, os.path.join(path, entry.name), attempts)
     delay = 0.01
+    tr = trace.current()
     for attempt in range(attempts):
         try:
-            os.rmdir(full)
+            with (trace.NO_SPAN if tr is None else tr.span("cleanup", f"rmdir(\"{full}\")")):
+                os.rmdir(full)
             return
         except FileNotFoundError:
             return

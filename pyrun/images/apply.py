@@ -78,8 +78,6 @@ _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EAC
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE)
 _NODES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
           tarfile.FIFOTYPE: stat.S_IFIFO}
-_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-               tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 
 
 @dataclass(frozen=True)
@@ -202,39 +200,30 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
                         raw.size if compute_digest else None)
 
 
-class _TarInfo(tarfile.TarInfo):
-    # tarfile.next() takes a bad or truncated header after the first one
-    # for the end of the archive; remember it so that we can refuse it.
-    # And bound the records tarfile reads into memory whole.
-
-    @classmethod
-    def fromtarfile(cls, tf):
-        try:
-            return super().fromtarfile(tf)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
-            tf.pyrun_bad_header = e
-            raise
-
-    def _proc_member(self, tf):
-        if self.type in _META_TYPES and self.size > MAX_HEADER_DATA:
-            raise InvalidArgument(f"tar header record of {self.size} bytes after entry "
-                                  f"at offset {self.offset} (limit {MAX_HEADER_DATA})")
-        return super()._proc_member(tf)
-
-
 class _Padded:
-    # The tar stream, zero-padded at its very end to a whole 512-byte
-    # block: ``umoci insert`` ends its tar right after the last file's data,
-    # which Go's archive/tar (containerd) takes but tarfile does not.  The
-    # padding is added above the digest, so the diffID stays the stream's.
-    # ``real`` counts the bytes that really came.
+    # The tar stream as tarfile reads it.
+    #
+    # Zero-padded at its very end to a whole 512-byte block: ``umoci
+    # insert`` ends its tar right after the last file's data, which Go's
+    # archive/tar (containerd) takes but tarfile does not.  The padding is
+    # added above the digest, so the diffID stays the stream's.  ``real``
+    # counts the bytes that really came.
+    #
+    # And a guard: tarfile reads PAX records, GNU long names and sparse
+    # maps into memory whole, so while one header is parsed (``limit`` set)
+    # at most MAX_HEADER_DATA bytes may go by, as in Go's archive/tar.
 
     def __init__(self, fileobj):
         self._f = fileobj
         self._pad = None
         self.real = 0
+        self.limit = None
+        self.bad_header = None
 
     def read(self, n=-1):
+        if self.limit is not None and self.real > self.limit:
+            raise InvalidArgument(f"a tar header with its PAX, long-name or sparse-map records "
+                                  f"is over {MAX_HEADER_DATA} bytes")
         if self._pad is None:
             data = self._f.read(n)
             if data:
@@ -244,6 +233,29 @@ class _Padded:
         k = self._pad if n is None or n < 0 else min(n, self._pad)
         self._pad -= k
         return bytes(k)
+
+
+class _TarInfo(tarfile.TarInfo):
+    # Parses each header under the guard of ``stream`` (a _Padded; set in
+    # a subclass per layer).  tarfile.next() takes a bad or truncated
+    # header after the first one for the end of the archive: remember it,
+    # so that it can be refused.
+    stream = None
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        outer = cls.stream.limit is None  # PAX and long names nest
+        if outer:
+            # tarfile reads ahead at most a record (RECORDSIZE) of what follows.
+            cls.stream.limit = cls.stream.real + MAX_HEADER_DATA + tarfile.RECORDSIZE
+        try:
+            return super().fromtarfile(tf)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
+            cls.stream.bad_header = e
+            raise
+        finally:
+            if outer:
+                cls.stream.limit = None
 
 
 def _entry_error(name, e):
@@ -444,7 +456,8 @@ class _Applier:
     def apply(self, stream):
         stream = _Padded(stream)
         try:
-            tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_TarInfo,
+            tf = tarfile.open(fileobj=stream, mode="r|",
+                              tarinfo=type("_TarInfo", (_TarInfo,), {"stream": stream}),
                               encoding="utf-8", errors="surrogateescape")
         except tarfile.ReadError as e:
             if stream.real == 0:
@@ -457,9 +470,9 @@ class _Applier:
             except tarfile.TarError as e:
                 raise InvalidArgument(f"corrupt tar stream after entry {last!r}: {e}") from None
             if ti is None:
-                bad = getattr(tf, "pyrun_bad_header", None)
-                if bad is not None:
-                    raise InvalidArgument(f"corrupt tar header after entry {last!r}: {bad}")
+                if stream.bad_header is not None:
+                    raise InvalidArgument(f"corrupt tar header after entry {last!r}: "
+                                          f"{stream.bad_header}")
                 if data_end > stream.real:  # what _Padded added was not padding
                     raise InvalidArgument(f"layer entry {last!r}: tar stream ends inside its data")
                 break
@@ -467,6 +480,9 @@ class _Applier:
             if ti.isreg():
                 stored = sum(n for _, n in ti.sparse) if ti.sparse is not None else ti.size
                 data_end = ti.offset_data + stored
+                if tf.offset != ti.offset_data + -(-stored // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE:
+                    raise InvalidArgument(f"layer entry {ti.name!r}: its sparse map does not "
+                                          "match the size of its data")
             self.entries += 1
             if self.entries > self.max_entries:
                 raise InvalidArgument(f"layer has more than {self.max_entries} entries "
@@ -681,8 +697,9 @@ class _Applier:
 
     def _init_dir(self, parts, pfd, base, opaque):
         # A directory the layer needs but does not list: in overlay mode it
-        # takes the lower layer's metadata, as overlayfs's copy-up would.
-        found = self._lookup_lower(parts)
+        # takes the lower layer's metadata, as overlayfs's copy-up would,
+        # unless this layer deleted the lower one (``opaque``).
+        found = None if opaque else self._lookup_lower(parts)
         if found is not None and stat.S_ISDIR(found[2].st_mode):
             lfd, lname, lst = found
             try:
@@ -704,15 +721,19 @@ class _Applier:
     # -- lower layers (overlay mode) -------------------------------------
 
     def _lookup_lower(self, parts):
-        """The entry ``parts`` names in the union of the lower dirs, looked
-        up as overlayfs does: per component, nearest layer first, stopping
-        at a whiteout, a non-directory or an opaque directory.  Returns
-        ``(fd of its parent dir in that layer, name, stat)``, the fd the
-        caller's to close, or None."""
-        for lfd in self.lower_fds:
+        """The entry ``parts`` names in the union of the lower dirs, seen
+        through what the root holds so far and looked up as overlayfs does:
+        per component, nearest layer first, stopping at a whiteout, a
+        non-directory or an opaque directory.  (In the root only the
+        parents count: its own entry at ``parts`` is what the caller
+        makes.)  Returns ``(fd of its parent dir in that layer, name,
+        stat)``, the fd the caller's to close, or None."""
+        if not self.lower_fds or not parts:
+            return None
+        for layer, lfd in enumerate([self.root_fd, *self.lower_fds]):
             dfd, opaque = os.dup(lfd), False
             try:
-                for i, comp in enumerate(parts):
+                for i, comp in enumerate(parts if layer else parts[:-1]):
                     st = _lstat(comp, dfd)
                     if st is None:
                         break
@@ -734,33 +755,22 @@ class _Applier:
                 return None
         return None
 
-    def _visible_dir(self, parts):
-        """Whether the merged view of the root over the lower dirs has a
-        directory at ``parts`` (no symlinks followed)."""
-        if self._lookup_dir(parts) is not None:
-            return True
-        # Not all of it is in the root: a whiteout, non-directory or opaque
-        # directory on the way hides the lower layers.
-        fd = os.dup(self.root_fd)
-        try:
-            for comp in parts:
-                st = _lstat(comp, fd)
-                if st is None:
-                    break
-                if not stat.S_ISDIR(st.st_mode):
-                    return False
-                sub = os.open(comp, _PATH_DIR | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = sub
-                if _is_opaque(fd):
-                    return False
-        finally:
-            os.close(fd)
+    def _lower_exists(self, parts, want_dir=False):
         found = self._lookup_lower(parts)
         if found is None:
             return False
         os.close(found[0])
-        return stat.S_ISDIR(found[2].st_mode)
+        return stat.S_ISDIR(found[2].st_mode) or not want_dir
+
+    def _visible_dir(self, parts):
+        """Whether the merged view of the root over the lower dirs has a
+        directory at ``parts``."""
+        if self._lookup_dir(parts) is not None:
+            return True
+        pfd = self._lookup_dir(parts[:-1])
+        if pfd is not None and _lstat(parts[-1], pfd) is not None:
+            return False  # the root holds a non-directory there
+        return self._lower_exists(parts, want_dir=True)
 
     def _copy_meta(self, sfd, sname, st, dfd, dname, key):
         os.chown(dname, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
@@ -781,7 +791,7 @@ class _Applier:
     def _copy_up(self, parts):
         """Copy the lower layers' entry at ``parts`` into the root (for a
         hard link to it).  Returns (parent fd, stat) or None."""
-        found = self._lookup_lower(parts) if parts else None
+        found = self._lookup_lower(parts)
         if found is None:
             return None
         lfd, lname, lst = found
@@ -835,8 +845,14 @@ class _Applier:
                 os.setxattr(_proc(dfd, target), OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
                 self._prune_at(dfd, target, parts)
             return
-        if self.lower_fds and not self._visible_dir(dir_parts):
-            return  # nothing below to hide; do not create the directory
+        if self.lower_fds and not self._lower_exists(parts):
+            # Nothing below to hide.  A whiteout here could only land in a
+            # directory overlayfs does not merge, whose listing would show it.
+            dfd = self._lookup_dir(dir_parts)
+            st = _lstat(target, dfd) if dfd is not None else None
+            if st is not None:  # copied up for a hard link
+                self._remove(dfd, target, st)
+            return
         dfd = self._parent(dir_parts, name)
         st = _lstat(target, dfd)
         if st is not None:
@@ -864,9 +880,14 @@ class _Applier:
         for lfd in self.lower_fds:
             names.update(os.listdir(lfd))
         for n in sorted(names):
-            if self._ours(n):
-                continue
             st = _lstat(n, self.root_fd)
+            if self._ours(n):
+                # Keep what this layer wrote, hide the lower directory.
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    os.setxattr(_proc(self.root_fd, n), OVERLAY_OPAQUE_XATTR, b"y",
+                                follow_symlinks=False)
+                    self._prune_at(self.root_fd, n, (n,))
+                continue
             if st is not None:
                 if _is_whiteout(st):
                     continue
@@ -905,7 +926,14 @@ class _Applier:
     def _dir_meta(self, fd, ti, key):
         os.fchown(fd, ti.uid, ti.gid)
         os.fchmod(fd, ti.mode & 0o7777)
-        _set_xattrs(fd, _xattrs(ti), ti.name)
+        xattrs = dict(_xattrs(ti))
+        # An entry for a directory that exists says all of its metadata:
+        # xattrs it does not list go, as they would in overlay mode, where
+        # the entry makes a new upper directory (overlayfs's own stay).
+        for name in os.listxattr(fd):
+            if name not in xattrs and not name.startswith(_FORBIDDEN_XATTRS):
+                os.removexattr(fd, name)
+        _set_xattrs(fd, xattrs.items(), ti.name)
         self.dir_times[key] = _times(ti)
 
     def _create(self, tf, ti, parts):
@@ -922,7 +950,9 @@ class _Applier:
             return
         opaque = False
         if st is not None:
-            opaque = self.overlay and ti.isdir() and _is_whiteout(st)
+            # A directory in place of a whiteout, or of a file that hid the
+            # lower directory: nothing of the lower one may show through.
+            opaque = self.overlay and ti.isdir()
             if stat.S_ISDIR(st.st_mode):
                 self._drain()  # pending files may lie below it
             self._remove(pfd, base, st)  # pfd stays valid: base is not on its path

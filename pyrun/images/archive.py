@@ -41,7 +41,8 @@ from pyrun.images.store import ImageStore, resolve_manifest
 from pyrun.images.unpack import MAX_JSON, read_manifest, read_small
 from pyrun.registry.fetch import store_bytes
 from pyrun.registry.manifest import (DOCKER_MANIFEST, OCI_INDEX, Descriptor, Index, Manifest,
-                                     children, gc_labels, parse_manifest, verify_digest)
+                                     children, gc_labels, parse_manifest, parse_platform,
+                                     platform_matches, verify_digest)
 from pyrun.registry.reference import Reference, parse_reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -247,13 +248,15 @@ def _blob_name(digest):
     return f"blobs/{alg}/{hexpart}"
 
 
-def _import_oci(src, store, base_name):
-    """Copy what index.json reaches into ``store``; returns [(name, desc)]."""
+def _import_oci(src, store, base_name, index_name=None):
+    """Copy what index.json reaches into ``store``; returns [(name, desc)],
+    with ``index_name`` naming index.json itself (stored as a blob)."""
     layout = _load_json(src, "oci-layout")
     if not isinstance(layout, dict) or layout.get("imageLayoutVersion") != LAYOUT_VERSION:
         raise InvalidArgument(f"{src.where}: oci-layout: unsupported imageLayoutVersion "
                               f"{layout.get('imageLayoutVersion') if isinstance(layout, dict) else layout!r}")
-    index = parse_manifest(_read_small(src, "index.json"), OCI_INDEX, f"{src.where}: index.json")
+    data = _read_small(src, "index.json")
+    index = parse_manifest(data, OCI_INDEX, f"{src.where}: index.json")
     if not isinstance(index, Index):
         raise InvalidArgument(f"{src.where}: index.json is not an image index")
     named = []
@@ -262,6 +265,10 @@ def _import_oci(src, store, base_name):
         name = _entry_name(entry, base_name)
         if name:
             named.append((name, Descriptor(entry.media_type, entry.digest, entry.size)))
+    if index_name:
+        desc = Descriptor(OCI_INDEX, digest_bytes(data), len(data))
+        store_bytes(store, desc, data, gc_labels(index), src.where)
+        named.append((index_name, desc))
     return named
 
 
@@ -350,7 +357,7 @@ def _import_layer(src, name, store):
     return Descriptor(media_type, digest, size)
 
 
-def import_archive(db, namespace, path, *, base_name=None):
+def import_archive(db, namespace, path, *, base_name=None, index_name=None):
     """Import the images of ``path`` (an OCI layout directory, an OCI
     layout tar, or a docker-archive tar; told apart by their files) into
     ``namespace`` of the metadata ``db``.  Returns the
@@ -362,8 +369,10 @@ def import_archive(db, namespace, path, *, base_name=None):
     ``base_name`` when ref.name is a bare tag, else the ``ref.name``
     itself (containerd's ``ctr images import --base-name``).  Entries without a name are
     imported as ``<base_name>@<digest>`` when a base name is given, and
-    not recorded otherwise.  Raises InvalidArgument for a malformed or
-    hostile archive (naming the member), NotFound for a missing blob.
+    not recorded otherwise.  ``index_name`` also records the layout's
+    index.json itself under that name (ctr's ``--index-name``; OCI
+    layouts only).  Raises InvalidArgument for a malformed or hostile
+    archive (naming the member), NotFound for a missing blob.
     """
     src = _open_source(path)
     leases = db.leases(namespace)
@@ -375,8 +384,11 @@ def import_archive(db, namespace, path, *, base_name=None):
     try:
         store = db.content_store(namespace, lease=lease.id)
         if src.exists("index.json") and src.exists("oci-layout"):
-            named = _import_oci(src, store, base_name)
+            named = _import_oci(src, store, base_name, index_name)
         elif src.exists("manifest.json"):
+            if index_name:
+                raise InvalidArgument(f"{path}: a docker-archive has no index to name; "
+                                      "--index-name applies to OCI layouts")
             named = _import_docker(src, store)
         else:
             raise InvalidArgument(f"{path}: neither an OCI image layout (oci-layout, index.json) "
@@ -460,10 +472,12 @@ def _add_bytes(sink, name, data):
     sink.add(name, len(data), io.BytesIO(data))
 
 
-def _oci_blobs(content, desc, out, depth=0):
+def _oci_blobs(content, desc, out, depth=0, platform=None):
     """Collect ``desc`` and what it reaches into ``out`` (digest -> desc).
     Index entries absent from the store are skipped (platforms not pulled,
-    as containerd's exporter skips them); NotFound for anything else."""
+    as containerd's exporter skips them), and so are entries for another
+    platform than ``platform`` when one is given; NotFound for anything
+    else."""
     if depth > 4:
         raise InvalidArgument(f"{desc.digest}: indexes nested deeper than 4")
     doc = parse_manifest(read_small(content, desc.digest, "manifest"), desc.media_type,
@@ -471,11 +485,14 @@ def _oci_blobs(content, desc, out, depth=0):
     out[desc.digest] = desc
     if isinstance(doc, Index):
         for entry in doc.manifests:
+            if platform is not None and entry.platform is not None \
+                    and not platform_matches(platform, entry.platform):
+                continue
             try:
                 content.info(entry.digest)
             except NotFound:
                 continue
-            _oci_blobs(content, entry, out, depth + 1)
+            _oci_blobs(content, entry, out, depth + 1, platform)
     else:
         for child in children(doc):
             content.info(child.digest)  # NotFound names a missing layer now, not mid-write
@@ -512,7 +529,7 @@ def _publish(dest, write, as_dir):
         raise
 
 
-def export_oci(db, namespace, names, dest, *, as_tar=False):
+def export_oci(db, namespace, names, dest, *, as_tar=False, platform=None):
     """Write the images ``names`` of ``namespace`` as an OCI image layout:
     a new directory ``dest``, or with ``as_tar`` a tar file (what
     ``ctr images export`` and ``skopeo copy … oci-archive:`` write).
@@ -521,14 +538,19 @@ def export_oci(db, namespace, names, dest, *, as_tar=False):
     ``org.opencontainers.image.ref.name`` = the reference's tag (the whole
     name if it has none, so ``skopeo … oci:DIR:<tag>`` finds it) and
     ``io.containerd.image.name`` = the full name.  Every blob the targets
-    reach is copied as-is.  Raises NotFound for an unknown image or a
-    missing blob, FailedPrecondition if ``dest`` exists.
+    reach is copied as-is; with ``platform`` (a Platform or a string such
+    as ``"linux/arm64"``) only that platform's manifests of an index (ctr
+    export's ``--platform``; the index itself is kept whole, so its digest
+    round-trips).  Raises NotFound for an unknown image or a missing blob,
+    FailedPrecondition if ``dest`` exists.
     """
+    if isinstance(platform, str):
+        platform = parse_platform(platform)
     images = ImageStore(db, namespace)
     entries, blobs = [], {}
     for name in names:
         desc = Descriptor.from_dict(images.get(name).target, f"image {name!r}")
-        _oci_blobs(images.content, desc, blobs)
+        _oci_blobs(images.content, desc, blobs, platform=platform)
         entry = desc.to_dict()
         entry["annotations"] = {**desc.annotations, REF_NAME: _ref_name(name), IMAGE_NAME: name}
         entries.append(entry)

@@ -14,8 +14,7 @@ from datetime import timedelta
 from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound
 from pyrun.images.unpack import read_manifest, read_small, unpack
 from pyrun.metadata import Image
-from pyrun.registry import fetch
-from pyrun.registry.manifest import (Descriptor, Manifest, Platform, host_platform,
+from pyrun.registry.manifest import (MAX_INDEX_DEPTH, Descriptor, Manifest, Platform, host_platform,
                                      normalize_platform, parse_manifest, parse_platform,
                                      platform_matches)
 
@@ -125,8 +124,8 @@ def resolve_manifest(content, target, platform=None):
     offered = []
 
     def walk(desc, depth):
-        if depth > fetch.MAX_DEPTH:
-            raise InvalidArgument(f"{target.digest}: indexes nested deeper than {fetch.MAX_DEPTH}")
+        if depth > MAX_INDEX_DEPTH:
+            raise InvalidArgument(f"{target.digest}: indexes nested deeper than {MAX_INDEX_DEPTH}")
         data = read_small(content, desc.digest, "manifest")
         doc = parse_manifest(data, desc.media_type, f"manifest {desc.digest}")
         if isinstance(doc, Manifest):
@@ -229,7 +228,7 @@ class Pulled:
 
 
 def pull_image(db, namespace, ref, *, snapshotter="overlayfs", platform=None, client=None,
-               unpack=True, progress=None):
+               unpack=True, progress=None, all_platforms=False):
     """Pull ``ref`` into ``namespace`` of ``db``, record it as an image
     named by the normalised reference, and unpack it (containerd's
     ``client.Pull`` with ``WithPullUnpack``).
@@ -240,7 +239,9 @@ def pull_image(db, namespace, ref, *, snapshotter="overlayfs", platform=None, cl
     ``containerd.io/gc.ref.snapshot.<snapshotter>`` label on the config
     hold them; the lease is deleted at the end, success or not (what a
     failed pull left then goes at the next GC).  ``platform``: see
-    :func:`pyrun.registry.pull`.  Layers are applied as they arrive, while
+    :func:`pyrun.registry.pull`; ``all_platforms`` fetches every entry of
+    an index and unpacks the one for ``platform`` (the host's by default;
+    none if the index lacks it).  Layers are applied as they arrive, while
     later ones download; ``unpack=False`` only fetches.  Returns a
     :class:`Pulled`.  Raises what ``pull`` and ``unpack`` raise, and
     NotFound for an unconfigured snapshotter (before any download).
@@ -258,14 +259,22 @@ def pull_image(db, namespace, ref, *, snapshotter="overlayfs", platform=None, cl
         def unpack_while_fetching(manifests, wait):
             # Each layer is applied as soon as its blob is in, while the
             # later ones still download.
-            desc, doc = manifests[0]
-            unpacked.append(_unpack(db, namespace, desc, snapshotter, lease.id, doc, wait))
+            want = platform or host_platform()
+            chosen = [(d, m) for d, m in manifests
+                      if d.platform is None or platform_matches(want, d.platform)]
+            if chosen:
+                desc, doc = chosen[0]
+                unpacked.append((desc, _unpack(db, namespace, desc, snapshotter, lease.id, doc,
+                                               wait)))
+
+        from pyrun.registry import fetch  # the HTTP side: imported only to pull
 
         name, root, manifests = fetch.pull(
-            ref, content, client=client, platform=platform, progress=progress,
-            while_fetching=unpack_while_fetching if unpack else None)
+            ref, content, client=client, platform=platform, all_platforms=all_platforms,
+            progress=progress, while_fetching=unpack_while_fetching if unpack else None)
         image = ImageStore(db, namespace).set(name, root)
-        return Pulled(image, manifests[0], unpacked[0] if unpacked else "")
+        desc, chain_id = unpacked[0] if unpacked else (manifests[0], "")
+        return Pulled(image, desc, chain_id)
     finally:
         leases.delete(lease.id)
 

@@ -127,8 +127,16 @@ class Spec(Frozen):
 
 # ---- typed field access ----
 
+# S_IFMT bits of each linux.devices type (stat(2)).
+_DEVICE_FORMAT = {"c": 0o020000, "u": 0o020000, "b": 0o060000, "p": 0o010000}
+
+
 def _show(value):
-    text = repr(value)
+    from pyrun.jsonio import dumps
+    try:
+        text = dumps(value)  # JSON's spelling: null, true, {"x":1}
+    except (TypeError, ValueError):
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -154,11 +162,15 @@ def _get(obj, key, typ, where, default=None, required=False):
     return value
 
 
+def _join(where, key):
+    return f"{where}.{key}" if where else key
+
+
 def _strings(obj, key, where):
     items = _get(obj, key, list, where, [])
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise InvalidArgument(f"{where}.{key}[{i}]: expected a string, got {_show(item)}")
+            raise InvalidArgument(f"{_join(where, key)}[{i}]: expected a string, got {_show(item)}")
     return tuple(items)
 
 
@@ -166,7 +178,7 @@ def _objects(obj, key, where):
     items = _get(obj, key, list, where, [])
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise InvalidArgument(f"{where}.{key}[{i}]: expected an object")
+            raise InvalidArgument(f"{_join(where, key)}[{i}]: expected an object")
     return [(f"{where}.{key}[{i}]" if where else f"{key}[{i}]", item) for i, item in enumerate(items)]
 
 
@@ -262,8 +274,11 @@ def _parse_hooks(obj, w="hooks"):
             timeout = _get(h, "timeout", int, hw)
             if timeout is not None and timeout <= 0:
                 raise InvalidArgument(f"{hw}.timeout: must be a positive number of seconds")
+            path = _get(h, "path", str, hw, required=True)
+            if not path.startswith("/"):
+                raise InvalidArgument(f"{hw}.path: {path!r} must be absolute (runtime spec: hooks)")
             out.append(Hook(
-                path=_get(h, "path", str, hw, required=True),
+                path=path,
                 args=_strings(h, "args", hw),
                 env=_strings(h, "env", hw),
                 timeout=timeout,
@@ -291,11 +306,14 @@ def _parse_linux(obj, w="linux"):
     def mappings(key):
         out = []
         for mw, m in _objects(obj, key, w):
-            out.append(IDMapping(
+            mapping = IDMapping(
                 _u32(m, "containerID", mw, required=True),
                 _u32(m, "hostID", mw, required=True),
                 _u32(m, "size", mw, required=True),
-            ))
+            )
+            if mapping.size == 0:
+                raise InvalidArgument(f"{mw}.size: must be at least 1")
+            out.append(mapping)
         return tuple(out)
 
     devices = []
@@ -304,8 +322,13 @@ def _parse_linux(obj, w="linux"):
         if kind not in ("c", "u", "b", "p"):
             raise InvalidArgument(f"{dw}.type: unknown device type {kind!r} (c, u, b or p)")
         mode = _get(d, "fileMode", int, dw)
+        if mode is not None and mode & ~0o7777 == _DEVICE_FORMAT[kind]:
+            # podman sends Go's full st_mode (0o20644 for a char device);
+            # runc ORs the type bits in anyway, so they may be there.
+            mode &= 0o7777
         if mode is not None and not 0 <= mode <= 0o7777:
-            raise InvalidArgument(f"{dw}.fileMode: {mode:o} is not a permission mode")
+            raise InvalidArgument(f"{dw}.fileMode: {mode:o} is not a permission mode"
+                                  f" (nor one with the S_IFMT bits of type {kind!r})")
         devices.append(Device(
             path=_get(d, "path", str, dw, required=True),
             type=kind,
@@ -349,7 +372,7 @@ def parse(raw):
     Raises InvalidArgument naming the JSON path of the first bad field.
     """
     if not isinstance(raw, dict):
-        raise InvalidArgument("config.json: expected a JSON object at the top level")
+        raise InvalidArgument("expected a JSON object at the top level")
     version = _get(raw, "ociVersion", str, "", required=True)
     root = _get(raw, "root", dict, "", required=True)
     mounts = []
@@ -367,6 +390,8 @@ def parse(raw):
     for section in ("windows", "solaris", "vm", "zos"):
         if raw.get(section) is not None:
             raise InvalidArgument(f"{section}: not a Linux configuration")
+    if not _get(root, "path", str, "root", required=True):
+        raise InvalidArgument("root.path: must not be empty")
     return Spec(
         oci_version=version,
         root=Root(_get(root, "path", str, "root", required=True),

@@ -10,6 +10,14 @@ import os
 from pyrun.errdefs import InvalidArgument, NotImplementedYet
 from pyrun.oci.spec import SUPPORTED_VERSIONS
 
+# Files under /proc a mount may cover (runc's checkProcMount: what lxcfs
+# and friends provide).
+PROC_MOUNTS_ALLOWED = (
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+    "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+)
+
 PROPAGATIONS = ("shared", "slave", "private", "unbindable",
                 "rshared", "rslave", "rprivate", "runbindable")
 
@@ -61,7 +69,13 @@ def validate(spec, need_process=True):
     if spec.domainname and "uts" not in has:
         raise InvalidArgument("domainname: setting it needs a new uts namespace")
     if "mount" not in has:
-        raise NotImplementedYet("linux.namespaces: pyrun needs a mount namespace")
+        # Everything then happens in the caller's mount namespace: refuse
+        # what would change the caller's own mounts.
+        if spec.root.readonly:
+            raise InvalidArgument("root.readonly: needs a mount namespace (it would remount "
+                                  "the host's filesystem)")
+        if linux.rootfs_propagation:
+            raise InvalidArgument("linux.rootfsPropagation: needs a mount namespace")
     if linux.rootfs_propagation and linux.rootfs_propagation not in PROPAGATIONS:
         raise InvalidArgument(f"linux.rootfsPropagation: unknown value {linux.rootfs_propagation!r}")
     for key, _ in linux.sysctl:
@@ -87,6 +101,12 @@ def validate(spec, need_process=True):
     if linux.intel_rdt is not None:
         raise NotImplementedYet("linux.intelRdt: not supported by pyrun")
     for i, m in enumerate(spec.mounts):
+        dest = os.path.normpath("/" + m.destination.lstrip("/"))
+        if dest.startswith("/proc/") and dest not in PROC_MOUNTS_ALLOWED:
+            raise InvalidArgument(f"mounts[{i}].destination: {m.destination!r} is inside /proc, "
+                                  "where only a few files may be covered (as runc rules)")
+        if dest == "/proc" and m.type not in ("proc", ""):
+            raise InvalidArgument(f"mounts[{i}]: /proc must be a proc mount, not {m.type!r}")
         if m.type in ("bind", "rbind") or "bind" in m.options or "rbind" in m.options:
             if not m.source:
                 raise InvalidArgument(f"mounts[{i}]: a bind mount needs a source")

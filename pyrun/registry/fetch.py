@@ -23,7 +23,7 @@ from pyrun.registry.transport import TransportError, iter_body
 
 CONCURRENCY = 3          # parallel blob downloads (containerd's default)
 LOCK_POLL = (0.05, 1.0)  # seconds: first and largest wait for another writer
-MAX_DEPTH = 4            # nested indexes
+from pyrun.registry.manifest import MAX_INDEX_DEPTH as MAX_DEPTH  # noqa: E402
 
 
 def ref_key(desc):

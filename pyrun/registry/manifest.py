@@ -41,6 +41,9 @@ def verify_digest(data, digest, what="content"):
         raise InvalidArgument(f"{what}: digest mismatch: expected {digest}, got {actual}")
 
 
+MAX_INDEX_DEPTH = 4  # indexes nested in indexes, at most
+
+
 # --- descriptors and platforms -----------------------------------------------
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 import os
 import select
 
-from pyrun import linux
+from pyrun import linux, trace
 from pyrun.oci import spec as ocispec
 from pyrun.runtime.hooks import run_hooks
-from pyrun.runtime.state import Status, proc_start_time, require
+from pyrun.runtime.state import Damaged, Status, proc_start_time, require, unmount_own
 
 
 def wait_gone(pid, start_time, timeout=10.0):
@@ -27,27 +27,45 @@ def wait_gone(pid, start_time, timeout=10.0):
 
 def delete(store, cid, force=False, cgroup_manager=None):
     """Delete container ``cid``.  A created container's init is killed;
-    a running one needs ``force`` (SIGKILL).  Raises NotFound,
-    FailedPrecondition.  poststop hook failures are warnings."""
+    a running or paused one needs ``force`` (SIGKILL, then a thaw for a
+    paused one).  Raises NotFound, FailedPrecondition.  poststop hook
+    failures are warnings."""
+    tr = trace.current()
     lock = store.lock(cid)
     try:
-        st = store.load(cid)
+        try:
+            st = store.load(cid)
+        except Damaged:
+            if not force:
+                raise
+            store.remove(cid)  # nothing in it can be trusted to undo: drop the record
+            return
         require(st, "delete", st.status.can_delete(force))
-        if st.status in (Status.CREATED, Status.RUNNING) and st.alive():
+        if st.status in (Status.CREATED, Status.RUNNING, Status.PAUSED) and st.alive():
             from pyrun.runtime.kill import signal_container
-            signal_container(st, 9)
-            wait_gone(st.pid, st.start_time)
+            signal_container(st, 9, "cleanup")
+            if st.status == Status.PAUSED:
+                from pyrun.runtime.resume import thaw
+                thaw(store, st, save=False)
+            with (trace.NO_SPAN if tr is None else
+                  tr.span("cleanup", f"poll(pidfd of {st.pid}, POLLIN): wait for the init to exit")):
+                wait_gone(st.pid, st.start_time)
         if cgroup_manager is None and st.cgroup:
             from pyrun.runtime.cgroup import manager_from_state
             cgroup_manager = manager_from_state(st)
+        unmount_own(st)
         if cgroup_manager is not None:
             cgroup_manager.destroy()
         hooks = ()
         if st.config.get("hooks"):
             hooks = ocispec.parse(st.config).hooks.poststop
-        store.remove(cid)
+        with (trace.NO_SPAN if tr is None else
+              tr.span("cleanup", f"unlink + rmdir(\"{store.dir(cid)}\"): the state directory")):
+            store.remove(cid)
         if hooks and st.status != Status.CREATING:
             st.status = Status.STOPPED
             run_hooks("poststop", hooks, st.oci(), warn_only=True)
     finally:
         os.close(lock)
+        if tr is not None:
+            tr.flush(f"delete {cid}")

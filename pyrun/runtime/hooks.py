@@ -8,6 +8,7 @@ the env the spec gives.  ``timeout`` is in seconds.
 """
 import os
 
+from pyrun import trace
 from pyrun.errdefs import FailedPrecondition
 
 
@@ -35,14 +36,23 @@ def run_hooks(kind, hooks, state, warn_only=False):
     from pyrun.jsonio import dumps
 
     data = dumps(state).encode()
+    tr = trace.current()
     for i, h in enumerate(hooks):
         env = dict(e.split("=", 1) for e in h.env if "=" in e)
+        t0 = tr.now() if tr is not None else 0
         try:
             r = subprocess.run(list(h.args) or [h.path], executable=h.path, input=data,
                                env=env, timeout=h.timeout, capture_output=True)
+            if tr is not None:
+                tr.call("hooks", f"fork + execve({h.path!r}, {list(h.args) or [h.path]}) + wait: "
+                        f"{kind} hook {i}, the state JSON on its stdin",
+                        f"exit status {r.returncode}", t=t0)
         except subprocess.TimeoutExpired:
             raise HookError(f"{kind} hook {i} ({h.path}) timed out after {h.timeout}s") from None
         except OSError as e:
+            if tr is not None:
+                tr.call("hooks", f"fork + execve({h.path!r}, {list(h.args) or [h.path]}): {kind} hook {i}",
+                        err=e.errno, t=t0)
             raise HookError(f"{kind} hook {i} ({h.path}): {e.strerror}") from None
         if r.returncode != 0:
             detail = r.stderr.decode(errors="replace").strip()[-500:]

@@ -3,9 +3,9 @@
 import os
 import signal as _signal
 
-from pyrun import linux
+from pyrun import linux, trace
 from pyrun.errdefs import InvalidArgument
-from pyrun.runtime.state import proc_start_time, require
+from pyrun.runtime.state import Status, proc_start_time, require
 
 
 def parse_signal(s):
@@ -25,23 +25,28 @@ def parse_signal(s):
         raise InvalidArgument(f"unknown signal {s!r}") from None
 
 
-def signal_container(st, sig):
+def signal_container(st, sig, phase="signal"):
     """Signal the init through a pidfd, after checking the pid is still
-    the same process (start time), so a recycled pid is never hit."""
+    the same process (start time), so a recycled pid is never hit.
+    ``phase``: where a trace shows it ("signal", or "cleanup" for delete)."""
+    tr = trace.current()
     try:
-        fd = linux.pidfd_open(st.pid)
+        with (trace.NO_SPAN if tr is None else tr.span(phase, f"pidfd_open({st.pid}, 0)")):
+            fd = linux.pidfd_open(st.pid)
     except OSError:
         return False
     try:
         if proc_start_time(st.pid) != st.start_time:
             return False
-        linux.pidfd_send_signal(fd, sig)
+        with (trace.NO_SPAN if tr is None else
+              tr.span(phase, f"pidfd_send_signal(pidfd of {st.pid}, {_signal.Signals(sig).name}, NULL, 0)")):
+            linux.pidfd_send_signal(fd, sig)
         return True
     finally:
         os.close(fd)
 
 
-def _same_pidns(pid):
+def same_pidns(pid):
     """Pids sharing ``pid``'s pid namespace, seen from the host."""
     try:
         ns = os.readlink(f"/proc/{pid}/ns/pid")
@@ -63,8 +68,26 @@ def _same_pidns(pid):
 def kill(store, cid, sig=_signal.SIGTERM, all=False, cgroup_manager=None):
     """Send ``sig`` (number) to container ``cid``.  ``all``: every process
     of the container (its cgroup, or its pid namespace).  Raises NotFound,
-    FailedPrecondition (not created or running)."""
-    st = store.load(cid)
+    FailedPrecondition (not created, running or paused).
+
+    A paused container stays frozen for every signal but SIGKILL, which
+    is followed by a thaw so that the processes can die (runc does the
+    same); the container is then no longer paused."""
+    tr = trace.current()
+    lock = store.lock(cid)
+    try:
+        st = store.load(cid)
+        _kill(st, sig, all, cgroup_manager, tr)
+        if st.status == Status.PAUSED and sig == _signal.SIGKILL:
+            from pyrun.runtime.resume import thaw
+            thaw(store, st)
+    finally:
+        os.close(lock)
+        if tr is not None:
+            tr.flush(f"kill {cid}")
+
+
+def _kill(st, sig, all, cgroup_manager, tr):
     require(st, "kill", st.status.can_kill())
     if all:
         if cgroup_manager is None and st.cgroup:
@@ -73,9 +96,10 @@ def kill(store, cid, sig=_signal.SIGTERM, all=False, cgroup_manager=None):
         if cgroup_manager is not None:
             cgroup_manager.kill_all(sig)
             return
-        for pid in _same_pidns(st.pid):
+        for pid in same_pidns(st.pid):
             try:
-                os.kill(pid, sig)
+                with (trace.NO_SPAN if tr is None else tr.span("signal", f"kill({pid}, {sig})")):
+                    os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         return

@@ -30,6 +30,8 @@ NS_FLAGS = {
 # the others), mount last (it changes how later paths resolve).
 _JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
 
+NS_GET_NSTYPE = 0xB703  # ioctl_ns(2)
+
 _PROPAGATION = {
     "shared": L.MS_SHARED, "rshared": L.MS_SHARED | L.MS_REC,
     "slave": L.MS_SLAVE, "rslave": L.MS_SLAVE | L.MS_REC,
@@ -44,7 +46,7 @@ _RECURSIVE = {
     "rnoatime": (0x10, 0x70), "rstrictatime": (0x20, 0x70), "rrelatime": (0, 0x70),
     "rnosymfollow": (0x200000, 0), "rsymfollow": (0, 0x200000),
 }
-_UNSUPPORTED_OPTIONS = ("tmpcopyup", "idmap", "ridmap")
+_UNSUPPORTED_OPTIONS = ("idmap", "ridmap")
 
 DEFAULT_DEVICES = (
     # path, major, minor (all char devices, 0666, root:root), as runc.
@@ -84,9 +86,9 @@ class Inputs(Record):
     """What the plan needs besides the spec.  ``cgroup_paths``: hierarchy
     mount point -> the container's group in it (for the cgroup mount)."""
     __slots__ = ("bundle", "rootfs", "fifo_fd", "console_fd", "preserve_fds", "no_pivot",
-                 "no_new_keyring", "container_id", "cgroup_paths", "join_cgroup")
+                 "no_new_keyring", "container_id", "cgroup_paths", "join_cgroup", "stdio")
     _defaults = {"console_fd": -1, "preserve_fds": 0, "no_pivot": False, "no_new_keyring": False,
-                 "container_id": "", "cgroup_paths": dict, "join_cgroup": False}
+                 "container_id": "", "cgroup_paths": dict, "join_cgroup": False, "stdio": None}
 
 
 def high_fd(fd, low):
@@ -97,6 +99,20 @@ def high_fd(fd, low):
     new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
     os.close(fd)
     return new
+
+
+def move_stdio(stdio, low, opened):
+    """Duplicate the caller's (stdin, stdout, stderr) fds above ``low`` for
+    the child's PR_OP_STDIO (None or -1 in a slot stays -1: keep ours);
+    each new fd is appended to ``opened`` for the caller to close."""
+    moved = []
+    for fd in stdio:
+        if fd is None or fd < 0:
+            moved.append(-1)
+        else:
+            moved.append(high_fd(os.dup(fd), low))
+            opened.append(moved[-1])
+    return tuple(moved)
 
 
 def _cap_mask(names):
@@ -128,8 +144,11 @@ def _cgroup_hierarchies():
         for line in f:
             left, _, right = line.partition(" - ")
             fields = right.split()
-            if fields and fields[0] in ("cgroup", "cgroup2"):
-                mp = left.split()[4]
+            mp = left.split()[4]
+            # Only the host's hierarchies: a container without a mount
+            # namespace may have cgroup mounts under its rootfs right now.
+            if fields and fields[0] in ("cgroup", "cgroup2") and (
+                    mp == "/sys/fs/cgroup" or mp.startswith("/sys/fs/cgroup/")):
                 out.append((mp, fields[0], fields[2] if len(fields) > 2 else ""))
     return out
 
@@ -203,8 +222,15 @@ def _plan_mount(plan, i, m, inp, cgroupns):
     props = 0
     rec_set = rec_clr = 0
     plain = []
+    copyup = 0
     for opt in m.options:
-        if opt in _PROPAGATION:
+        if opt == "tmpcopyup":
+            # runc's extension (podman's --tmpfs and --read-only use it).
+            if m.type != "tmpfs":
+                raise InvalidArgument(f"mounts[{i}].options: 'tmpcopyup' needs type tmpfs, "
+                                      f"not {m.type!r}")
+            copyup = lib.PR_MNT_COPYUP
+        elif opt in _PROPAGATION:
             props |= _PROPAGATION[opt]
         elif opt in _RECURSIVE:
             s, c = _RECURSIVE[opt]
@@ -230,8 +256,9 @@ def _plan_mount(plan, i, m, inp, cgroupns):
     if data and len(data) > 4095:
         raise InvalidArgument(f"mounts[{i}].options: data longer than a page")
     what = f"mount {m.type or m.source} on {m.destination} ({L.flag_names(flags, L.MS_FLAGS)}{', ' + data if data else ''})"
-    plan.add(lib.PR_OP_MOUNT, what, "rootfs", s1=m.source or m.type, s2=dest,
-             s3=m.type or None, s4=data or None, flags=flags, flags3=props, n2=rec_set, n3=rec_clr)
+    plan.add(lib.PR_OP_MOUNT, what + (", copy up" if copyup else ""), "rootfs",
+             s1=m.source or m.type, s2=dest, s3=m.type or None, s4=data or None, flags=flags,
+             flags3=props, n1=copyup, n2=rec_set, n3=rec_clr)
 
 
 def build(spec, inp):
@@ -258,6 +285,19 @@ def build(spec, inp):
                 os.close(fd)
             raise InvalidArgument(f"linux.namespaces: {kind} path {path!r}: {e.strerror}") from None
         plan.ns_fds[kind] = high_fd(fd, 3 + inp.preserve_fds)
+        try:
+            nstype = fcntl.ioctl(plan.ns_fds[kind], NS_GET_NSTYPE)
+        except OSError:
+            nstype = None
+        if nstype != NS_FLAGS[kind]:
+            for fd in plan.ns_fds.values():
+                os.close(fd)
+            raise InvalidArgument(f"linux.namespaces: {kind} path {path!r} is not a {kind} "
+                                  "namespace")
+
+    if inp.stdio is not None:
+        plan.add(lib.PR_OP_STDIO, f"stdin, stdout, stderr from fds {inp.stdio}", "exec",
+                 n1=inp.stdio[0], n2=inp.stdio[1], n3=inp.stdio[2])
 
     # ---- namespaces ----
     # A single clone() creates every new namespace unless something must be
@@ -325,12 +365,14 @@ def build(spec, inp):
     # whole tree a slave first.  The spec's rootfsPropagation applies to
     # the container's own / after pivot_root (a shared or unbindable parent
     # would make the rootfs bind or pivot_root fail).
-    prop = L.MS_SLAVE | L.MS_REC
-    plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(prop, L.MS_FLAGS)} in the new mount namespace",
-             "rootfs", s2="/", flags=prop, n1=lib.PR_MNT_HOST_TARGET)
-    plan.add(lib.PR_OP_MOUNT, f"bind the rootfs {inp.rootfs} onto itself", "rootfs",
-             s1=inp.rootfs, s2=inp.rootfs, flags=L.MS_BIND | L.MS_REC,
-             n1=lib.PR_MNT_HOST_TARGET)
+    own_mountns = linux.namespace("mount") is not None
+    if own_mountns:
+        prop = L.MS_SLAVE | L.MS_REC
+        plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(prop, L.MS_FLAGS)} in the new mount namespace",
+                 "rootfs", s2="/", flags=prop, n1=lib.PR_MNT_HOST_TARGET)
+        plan.add(lib.PR_OP_MOUNT, f"bind the rootfs {inp.rootfs} onto itself", "rootfs",
+                 s1=inp.rootfs, s2=inp.rootfs, flags=L.MS_BIND | L.MS_REC,
+                 n1=lib.PR_MNT_HOST_TARGET)
     plan.add(lib.PR_OP_OPEN_ROOT, f"open the rootfs {inp.rootfs}", "rootfs", s1=inp.rootfs)
 
     dev_bound = False
@@ -364,6 +406,11 @@ def build(spec, inp):
             _plan_device(plan, d.path, d.type, d.major, d.minor, mode, d.uid or 0, d.gid or 0,
                          userns_new)
 
+    if proc is not None and linux.namespace("mount") is not None:
+        # runc makes process.cwd if it is missing (it may be a fresh volume).
+        plan.add(lib.PR_OP_MKDIR, f"make sure the cwd {proc.cwd} exists", "rootfs",
+                 s1=proc.cwd)
+
     # ---- hooks before pivot ----
     if spec.hooks.prestart or spec.hooks.create_runtime:
         plan.add(lib.PR_OP_SYNC, "wait for the prestart and createRuntime hooks", "hooks",
@@ -378,13 +425,19 @@ def build(spec, inp):
         _plan_hook(plan, "createContainer", i, h)
 
     # ---- pivot ----
-    if inp.no_pivot:
+    if not own_mountns:
+        plan.add(lib.PR_OP_CHROOT, f"chroot to {inp.rootfs} (no mount namespace: no pivot_root)",
+                 "pivot", s1=inp.rootfs)
+    elif inp.no_pivot:
         plan.add(lib.PR_OP_MOVE_ROOT, f"move {inp.rootfs} to / and chroot (--no-pivot)", "pivot",
                  s1=inp.rootfs)
     else:
         plan.add(lib.PR_OP_PIVOT_ROOT, f"pivot_root to {inp.rootfs}, detach the old root", "pivot",
                  s1=inp.rootfs)
     plan.add(lib.PR_OP_OPEN_ROOT, "open the new /", "pivot", s1="/")
+    if own_mountns and not dev_bound:
+        plan.add(lib.PR_OP_DEVNULL, "stdio that is /dev/null: the container's, read-write",
+                 "pivot")
     if linux.rootfs_propagation:
         rp = _PROPAGATION[linux.rootfs_propagation]
         plan.add(lib.PR_OP_MOUNT, f"make / {L.flag_names(rp, L.MS_FLAGS)} (rootfsPropagation)",
@@ -409,11 +462,23 @@ def build(spec, inp):
 
     if proc is None:
         return plan
-    # ---- identity ----
-    u = proc.user
     if not inp.no_new_keyring:
         name = f"_ses.{inp.container_id}"[:255]
         plan.add(lib.PR_OP_KEYRING, f"join a new session keyring {name}", "identity", s1=name)
+    plan_process(plan, proc, linux, preserve_fds=inp.preserve_fds, wait_fd=inp.fifo_fd,
+                 start_hooks=spec.hooks.start_container, userns_new=userns_new)
+    return plan
+
+
+def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks=(),
+                 userns_new=False):
+    """Add the steps that turn the child into ``proc`` (a
+    :class:`~pyrun.oci.spec.Process`): personality, rlimits, cwd, seccomp,
+    capabilities, identity, then execve.  ``wait_fd``: the exec fifo to
+    block on before the last steps (create; none for exec).  Used by create
+    and by exec."""
+    # ---- identity ----
+    u = proc.user
     if linux.personality is not None:
         plan.add(lib.PR_OP_PERSONALITY, f"personality {linux.personality:#x}", "identity",
                  flags=linux.personality)
@@ -426,10 +491,11 @@ def build(spec, inp):
     if u.umask is not None:
         plan.add(lib.PR_OP_UMASK, f"umask {u.umask:04o}", "exec", n1=u.umask)
     path = next((e[5:] for e in proc.env if e.startswith("PATH=")), "")
-    plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r} in PATH", "exec",
+    where = "" if "/" in proc.args[0] else " in PATH"
+    plan.add(lib.PR_OP_RESOLVE_EXEC, f"find {proc.args[0]!r}{where}", "exec",
              s1=proc.args[0], s2=path)
-    plan.add(lib.PR_OP_CLOSE_FDS, f"close-on-exec every fd from {3 + inp.preserve_fds} up", "exec",
-             n1=3 + inp.preserve_fds)
+    plan.add(lib.PR_OP_CLOSE_FDS, f"close-on-exec every fd from {3 + preserve_fds} up", "exec",
+             n1=3 + preserve_fds)
     seccomp = None
     if linux.seccomp is not None:
         from pyrun.seccomp import compile_filter
@@ -469,14 +535,14 @@ def build(spec, inp):
                  "identity", caps=capvals)
     if proc.no_new_privileges:
         plan.add(lib.PR_OP_NO_NEW_PRIVS, "prctl PR_SET_NO_NEW_PRIVS", "identity")
-    plan.add(lib.PR_OP_WAIT_START, "wait for start (exec fifo)", "exec", fd=inp.fifo_fd)
-    for i, h in enumerate(spec.hooks.start_container):
+    if wait_fd is not None:
+        plan.add(lib.PR_OP_WAIT_START, "wait for start (exec fifo)", "exec", fd=wait_fd)
+    for i, h in enumerate(start_hooks):
         _plan_hook(plan, "startContainer", i, h)
     if seccomp and proc.no_new_privileges:
         plan.add(**seccomp)  # as late as possible: fewer syscalls need allowing
     plan.add(lib.PR_OP_EXEC, f"execve {list(proc.args)}", "exec",
              argv=list(proc.args), envp=list(proc.env))
-    return plan
 
 
 def _setgroups_denied():

@@ -10,6 +10,7 @@ import os
 import _socket
 import struct
 
+from pyrun import trace
 from pyrun._native import ffi, lib
 from pyrun.runtime.plan import high_fd
 
@@ -21,10 +22,15 @@ class StepError(OSError):
     """A step of the child stage failed.  ``errno`` is the kernel's;
     ``step`` describes what was being done (e.g. ``mount proc on /proc``)."""
 
-    def __init__(self, err, step, phase=""):
+    def __init__(self, err, step, phase="", kind=None):
         self.step = step
         self.phase = phase
-        super().__init__(err, f"{step}: {os.strerror(err)}")
+        reason = os.strerror(err)
+        if kind == lib.PR_OP_HOOK:
+            # The child stage reports a hook's failure with these two.
+            reason = {errno.ECHILD: "it failed (exit status not 0, or it could not be run)",
+                      errno.ETIMEDOUT: "it timed out"}.get(err, reason)
+        super().__init__(err, f"{step}: {reason}")
 
     def __str__(self):
         return self.strerror
@@ -105,8 +111,12 @@ def _build(plan, sync_fd, trace_fd):
 class Child:
     """The cloned child stage, from the parent's side."""
 
-    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1):
+    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1, until_exec=False):
+        """``until_exec``: the plan ends in execve with no exec fifo (exec);
+        the sync socket closing without an error message means the execve
+        happened."""
         self.plan = plan
+        self.until_exec = until_exec
         self.on_sync = on_sync
         self.pid = None
         self.pidfd = -1
@@ -121,10 +131,17 @@ class Child:
         """Clone the child and drive it to READY.  Returns the init pid.
         Raises StepError (after reaping the child) if a step fails."""
         pidfd = ffi.new("int *", -1)
+        tr = trace.current()
+        t0 = tr.now() if tr is not None else 0
         pid = lib.pr_spawn(self._cplan, self.plan.clone_flags, pidfd)
+        err = ffi.errno if pid < 0 else 0
         os.close(self._child_fd)
+        if tr is not None:
+            from pyrun.linux import CLONE_PIDFD
+            from pyrun.trace.steps import clone_flags
+            tr.call("namespaces", f"clone3({clone_flags(self.plan.clone_flags | CLONE_PIDFD)}, "
+                    "exit_signal=SIGCHLD)", f"{pid} (the child's pid on the host)", err, t0)
         if pid < 0:
-            err = ffi.errno
             raise StepError(err, f"clone {self.plan.clone_flags:#x}", "namespaces")
         self.pid = pid
         self.pidfd = pidfd[0]
@@ -136,16 +153,27 @@ class Child:
         return self.pid
 
     def _converse(self):
+        fork_at = next((i for i, o in enumerate(self.plan.ops) if o.kind == lib.PR_OP_FORK), None)
+        forked = False
+        pending = None
         while True:
             data = self.sock.recv(_MSG.size)
             if not data:
+                if self.until_exec and self.pid is not None:
+                    return
                 status = self._reap_any()
                 raise StepError(errno.EPIPE,
                                 f"the container init exited during create (status {status})")
             kind, op, err, _, value = _MSG.unpack(data)
             if kind == lib.PR_MSG_SYNC:
-                payload = self.on_sync(value, self.pid) or b""
-                self.sock.send(_MSG.pack(lib.PR_MSG_GO, 0, 0, 0, len(payload)) + payload)
+                if fork_at is not None and op > fork_at and not forked:
+                    # The second stage can reach its sync before the first
+                    # stage has reported its pid: acting now would, e.g.,
+                    # put the first stage into the cgroup and leave the
+                    # real process outside.  Answer once the pid is known.
+                    pending = value
+                    continue
+                self._answer(value)
             elif kind == lib.PR_MSG_PID:
                 # Second stage: the first one reported the init and exits.
                 first = self.pid
@@ -153,13 +181,21 @@ class Child:
                 os.close(self.pidfd)
                 self.pid = value
                 self.pidfd = os.pidfd_open(value)
+                forked = True
+                if pending is not None:
+                    self._answer(pending)
+                    pending = None
             elif kind == lib.PR_MSG_ERROR:
                 self._reap_any()
                 step = self.plan.ops[op] if op < len(self.plan.ops) else None
                 raise StepError(err, step.what if step else "the child stage",
-                                step.phase if step else "")
+                                step.phase if step else "", step.kind if step else None)
             elif kind == lib.PR_MSG_READY:
                 return
+
+    def _answer(self, sync):
+        payload = self.on_sync(sync, self.pid) or b""
+        self.sock.send(_MSG.pack(lib.PR_MSG_GO, 0, 0, 0, len(payload)) + payload)
 
     def _reap_any(self):
         try:
@@ -184,3 +220,16 @@ class Child:
             os.close(self.pidfd)
             self.pidfd = -1
         self.sock.close()
+
+    def exec_result(self):
+        """After ``start``: wait for the init's execve.  Returns when the
+        sync socket closes (execve succeeded); raises StepError if a step
+        after the start failed (a startContainer hook, seccomp, execve)."""
+        data = self.sock.recv(_MSG.size)
+        if not data:
+            return
+        kind, op, err, _, _ = _MSG.unpack(data)
+        if kind == lib.PR_MSG_ERROR:
+            step = self.plan.ops[op] if op < len(self.plan.ops) else None
+            raise StepError(err, step.what if step else "the child stage", step.phase if step else "",
+                            step.kind if step else None)

@@ -8,14 +8,21 @@ start time) means *stopped*.
 
 Statuses and what they allow (runtime spec "Lifecycle"; runc semantics):
 
-=========  =====  ====  ======
-status     start  kill  delete
-=========  =====  ====  ======
-creating   no     no    yes
-created    yes    yes   yes (kills the init)
-running    no     yes   --force
-stopped    no     no    yes
-=========  =====  ====  ======
+=========  =====  ====  =======  =====  ======
+status     start  kill  delete   pause  resume
+=========  =====  ====  =======  =====  ======
+creating   no     no    yes      no     no
+created    yes    yes   yes      yes    no
+running    no     yes   --force  yes    no
+paused     no     yes   --force  no     yes
+stopped    no     no    yes      no     no
+=========  =====  ====  =======  =====  ======
+
+Deleting a created container kills its init.
+
+*paused* is not a runtime-spec status, but runc reports it in ``state``
+and ``list`` (its freezer is frozen); resume returns the container to
+*created* or *running*, whichever it was (the exec fifo tells).
 """
 import errno
 import fcntl
@@ -31,6 +38,10 @@ OCI_VERSION = "1.2.0"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+.-")
 
 
+class Damaged(InvalidArgument):
+    """A container's state file cannot be read back."""
+
+
 class Status(str):
     """A container status (runtime spec "State": ``status``)."""
 
@@ -38,7 +49,13 @@ class Status(str):
         return self == Status.CREATED
 
     def can_kill(self):
+        return self in (Status.CREATED, Status.RUNNING, Status.PAUSED)
+
+    def can_pause(self):
         return self in (Status.CREATED, Status.RUNNING)
+
+    def can_resume(self):
+        return self == Status.PAUSED
 
     def can_delete(self, force=False):
         return force or self in (Status.CREATING, Status.CREATED, Status.STOPPED)
@@ -51,14 +68,17 @@ class Status(str):
 Status.CREATING = Status("creating")
 Status.CREATED = Status("created")
 Status.RUNNING = Status("running")
+Status.PAUSED = Status("paused")
 Status.STOPPED = Status("stopped")
 
 
 def check_id(cid):
     """Container ids as runc accepts them: letters, digits, ``_+.-``, not
     ``.`` or ``..``.  Raises InvalidArgument."""
-    if not cid or not _ID_CHARS.issuperset(cid) or cid in (".", "..") or len(cid) > 1024:
-        raise InvalidArgument(f"invalid container id {cid!r}: use letters, digits and _+.- only")
+    if not cid or not _ID_CHARS.issuperset(cid) or cid in (".", "..") or len(cid) > 255:
+        shown = cid if len(cid) <= 40 else cid[:37] + "..."
+        raise InvalidArgument(f"invalid container id {shown!r}: use letters, digits and _+.- "
+                              "only, at most 255 of them")
 
 
 def proc_start_time(pid):
@@ -79,22 +99,33 @@ class State(Record):
     """What later commands need to know about a container: ``start_time``
     in clock ticks since boot (tells a recycled pid apart), ``created`` in
     RFC 3339 UTC, ``config`` the raw config.json (for poststop hooks),
-    ``cgroup`` what the cgroup manager needs to find its groups again."""
+    ``cgroup`` what the cgroup manager needs to find its groups again;
+    ``host_mounts``, for a container without its own mount namespace, the
+    mount points under the rootfs that were there before it (the others
+    are its own, unmounted on delete); ``oom`` [path of the memory group's
+    file with the ``oom_kill`` counter, its value at create] (empty without
+    a memory group); ``oom_kills`` how many of the container's processes
+    the kernel's OOM killer has killed since create (refreshed on load);
+    ``traced`` whether create left a trace pipe for start (pyrun.trace)."""
     __slots__ = ("id", "bundle", "rootfs", "pid", "start_time", "status", "created",
-                 "annotations", "config", "cgroup", "owner")
+                 "annotations", "config", "cgroup", "owner", "host_mounts", "oom", "oom_kills",
+                 "traced")
     _defaults = {"pid": 0, "start_time": 0, "status": Status.CREATING, "created": "",
-                 "annotations": dict, "config": dict, "cgroup": dict, "owner": ""}
+                 "annotations": dict, "config": dict, "cgroup": dict, "owner": "",
+                 "host_mounts": None, "oom": list, "oom_kills": 0, "traced": False}
 
     def alive(self):
         return bool(self.pid) and proc_start_time(self.pid) == self.start_time
 
     def oci(self):
         """The runtime-spec state object (runtime.md "State"), with the
-        fields runc's ``state`` adds (rootfs, created, owner)."""
+        fields runc's ``state`` adds (rootfs, created, owner), and
+        ``"oomKilled": true`` (pyrun's own, present only then) once the OOM
+        killer has killed a process of the container."""
         out = {
             "ociVersion": OCI_VERSION,
             "id": self.id,
-            "pid": self.pid if self.status in (Status.CREATED, Status.RUNNING) else 0,
+            "pid": self.pid if self.status in (Status.CREATED, Status.RUNNING, Status.PAUSED) else 0,
             "status": str(self.status),
             "bundle": self.bundle,
             "rootfs": self.rootfs,
@@ -103,7 +134,45 @@ class State(Record):
         }
         if self.annotations:
             out["annotations"] = self.annotations
+        if self.oom_kills:
+            out["oomKilled"] = True
         return out
+
+
+def read_oom_kills(path):
+    """The ``oom_kill`` counter of a memory group's memory.oom_control
+    (cgroup v1) or memory.events (v2) at ``path``; None if it is gone.
+    Read here, not through pyrun.cgroups, to keep ``state`` and ``list``
+    from importing the cgroup managers."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except FileNotFoundError:
+        return None
+    return 0
+
+
+def unmount_own(st):
+    """Detach the mounts a container without a mount namespace made in
+    the caller's namespace under its rootfs, deepest first."""
+    if st.host_mounts is None:
+        return
+    from pyrun import linux, trace
+    from pyrun.fsutil import mounts_under
+
+    tr = trace.current()
+    keep = set(st.host_mounts)
+    for m in mounts_under(st.rootfs):
+        if m not in keep:
+            try:
+                with (trace.NO_SPAN if tr is None else
+                      tr.span("cleanup", f"umount2(\"{m}\", MNT_DETACH)")):
+                    linux.umount2(m, linux.MNT_DETACH)
+            except OSError:
+                pass
 
 
 def now_rfc3339():
@@ -160,18 +229,34 @@ class Store:
                 # Reserved but never saved: a create that is under way or died.
                 return State(id=cid, bundle="", rootfs="", status=Status.CREATING)
             raise NotFound(f"container {cid!r} does not exist") from None
-        data["status"] = Status(data["status"])
-        st = State(**data)
+        except (ValueError, OSError) as e:
+            raise Damaged(f"container {cid!r}: its state file is damaged ({e}); "
+                          "`delete --force` removes it") from None
+        try:
+            data["status"] = Status(data["status"])
+            st = State(**data)
+        except (KeyError, TypeError) as e:
+            raise Damaged(f"container {cid!r}: its state file is damaged ({e!r}); "
+                          "`delete --force` removes it") from None
         self.refresh(st)
         return st
 
     def refresh(self, st):
-        if st.status in (Status.CREATED, Status.RUNNING):
+        if st.status in (Status.CREATED, Status.RUNNING, Status.PAUSED):
             if not st.alive():
                 st.status = Status.STOPPED
             elif st.status == Status.CREATED and not os.path.exists(self.fifo(st.id)):
                 st.status = Status.RUNNING
+        if st.oom:
+            count = read_oom_kills(st.oom[0])
+            if count is not None:
+                st.oom_kills = max(st.oom_kills, count - st.oom[1])
         return st
+
+    def unpaused_status(self, st):
+        """The status a paused container returns to once thawed: created
+        while its init still waits on the exec fifo, else running."""
+        return Status.CREATED if os.path.exists(self.fifo(st.id)) else Status.RUNNING
 
     def list(self):
         """All containers' states, sorted by id."""
@@ -181,6 +266,8 @@ class Store:
             return []
         out = []
         for name in names:
+            if not os.path.isdir(os.path.join(self.root, name)):
+                continue  # not ours (runc skips such entries too)
             try:
                 out.append(self.load(name))
             except (NotFound, InvalidArgument, ValueError):
@@ -188,9 +275,10 @@ class Store:
         return out
 
     def remove(self, cid):
-        """Remove the container's directory (state.json, exec.fifo)."""
+        """Remove the container's directory (state.json, exec.fifo, and
+        the trace files of a traced create)."""
         d = self.dir(cid)
-        for name in ("exec.fifo", "state.json"):
+        for name in ("exec.fifo", "state.json", "trace.fifo", "trace.json"):
             try:
                 os.unlink(os.path.join(d, name))
             except FileNotFoundError:

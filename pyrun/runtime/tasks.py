@@ -1,0 +1,280 @@
+"""Containers made from images, and their tasks, without a daemon: what
+``pyrunctl containers``, ``tasks`` and ``run`` do (containerd's container
+and task services, on the same store the daemon will use).
+
+A *container* is a metadata record (image, spec, runtime, snapshot key)
+plus an active snapshot of the image's top chainID.  Its *task* is the
+running process: the snapshot mounted at ``<state>/bundles/<ns>/<id>/rootfs``,
+a bundle with config.json next to it, and a container of the chosen
+runtime (state in ``<state>/tasks/<ns>``).  A detached task runs under a
+monitor (:mod:`pyrun.runtime.monitor`) that records its exit status, so
+the next call sees it stopped with its exit code.  Tenant namespaces keep
+everything apart: records, snapshots, bundles and runtime state.
+"""
+import os
+import signal as _signal
+
+from pyrun.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pyrun.fsutil import remove_tree
+from pyrun.jsonio import dumps
+from pyrun.runtime import backend as backends
+from pyrun.runtime import monitor
+
+
+class Service:
+    """Containers and tasks of one tenant ``namespace`` (``db``: a
+    :class:`pyrun.metadata.DB`; ``state``: the runtime state root)."""
+
+    def __init__(self, db, namespace, state="/run/pyrun"):
+        self.db = db
+        self.ns = namespace
+        self.state = os.path.abspath(state)
+        self.records = db.containers(namespace)
+
+    # ---- paths and helpers ----
+
+    def bundle(self, cid):
+        return os.path.join(self.state, "bundles", self.ns, cid)
+
+    def runtime(self, c):
+        return backends.for_name(c.runtime.get("name", ""), os.path.join(self.state, "tasks", self.ns))
+
+    def _snapshotter(self, c):
+        return self.db.snapshotter(self.ns, c.snapshotter)
+
+    # ---- containers ----
+
+    def create(self, cid, image, *, snapshotter="overlayfs", runtime="pyrun", platform=None,
+               labels=None, **spec_options):
+        """Create container ``cid`` from ``image`` (a name in this
+        namespace); ``spec_options`` are :func:`pyrun.oci.imagespec.
+        image_spec`'s.  Raises NotFound (image), AlreadyExists (id),
+        InvalidArgument (options, or an image without a command).  A failure
+        leaves no record, snapshot or bundle."""
+        from pyrun.images.store import ImageStore
+        from pyrun.metadata import Container
+        from pyrun.mount import mount_all, unmount_all
+        from pyrun.oci.imagespec import image_spec
+
+        try:
+            self.records.get(cid)
+            raise AlreadyExists(f"container {cid!r} already exists in namespace {self.ns!r}")
+        except NotFound:
+            pass
+        backends.for_name(runtime, self.state)  # a bad --runtime fails before any work
+        images = ImageStore(self.db, self.ns)
+        image = self._image_name(images, image)
+        config = images.config(image, platform)
+        chain = images.unpack(image, snapshotter, platform)
+        sn = self.db.snapshotter(self.ns, snapshotter)
+        bundle = self.bundle(cid)
+        rootfs = os.path.join(bundle, "rootfs")
+        made = []
+        try:
+            mounts = sn.prepare(cid, chain, labels={"containerd.io/gc.root": "container"})
+            made.append("snapshot")
+            os.makedirs(rootfs, exist_ok=True)
+            made.append("bundle")
+            user = spec_options.get("user") or config.user
+            if user and user != "0" and user != "root":
+                # Names (and a uid's group) come from the image's own
+                # /etc/passwd: look through a temporary mount.
+                mount_all(mounts, rootfs)
+            try:
+                spec = image_spec(cid, self.ns, config, rootfs,
+                                  etc_dir=os.path.join(bundle, "etc"), **spec_options)
+            finally:
+                unmount_all(rootfs)
+            c = Container(cid, image=image, runtime={"name": runtime, "options": {}}, spec=spec,
+                          snapshotter=snapshotter, snapshot_key=cid, labels=dict(labels or {}))
+            return self.records.create(c)
+        except BaseException:
+            if "bundle" in made:
+                remove_tree(bundle)
+            if "snapshot" in made:
+                sn.remove(cid)
+            raise
+
+    def _image_name(self, images, name):
+        """The stored name of image ``name``: as given, or normalised
+        (``busybox`` -> ``docker.io/library/busybox:latest``)."""
+        from pyrun.registry.reference import parse_reference
+        try:
+            return images.get(name).name
+        except NotFound:
+            pass
+        try:
+            return images.get(str(parse_reference(name))).name
+        except (NotFound, InvalidArgument):
+            raise NotFound(f"image {name!r}: not found in namespace {self.ns!r} "
+                           "(pull or import it first)") from None
+
+    def get(self, cid):
+        try:
+            return self.records.get(cid)
+        except NotFound:
+            raise NotFound(f"container {cid!r}: not found in namespace {self.ns!r}") from None
+
+    def list(self, filters=()):
+        return self.records.list(filters)
+
+    def remove(self, cid, force=False):
+        """Remove container ``cid``: refuses while its task runs unless
+        ``force`` (then kills and deletes it).  Removes the snapshot, the
+        bundle and the record."""
+        c = self.get(cid)
+        status = self.task_status(cid)
+        if status["status"] in ("running", "created", "paused"):
+            if not force:
+                raise FailedPrecondition(f"container {cid!r}: its task is {status['status']}; "
+                                         "stop it first or use --force")
+        if status["status"] != "none":
+            self.delete_task(cid, force=True)
+        self._snapshotter(c).remove(c.snapshot_key)
+        remove_tree(self.bundle(cid))
+        self.records.delete(cid)
+
+    def set_labels(self, cid, labels):
+        c = self.get(cid)
+        merged = dict(c.labels)
+        for k, v in labels.items():
+            if v:
+                merged[k] = v
+            else:
+                merged.pop(k, None)
+        import dataclasses
+        return self.records.update(dataclasses.replace(c, labels=merged), ["labels"])
+
+    # ---- tasks ----
+
+    def _prepare_task(self, c):
+        from pyrun.mount import mount_all
+        bundle = self.bundle(c.id)
+        rootfs = os.path.join(bundle, "rootfs")
+        os.makedirs(rootfs, exist_ok=True)
+        if not os.path.ismount(rootfs):
+            mount_all(self._snapshotter(c).mounts(c.snapshot_key), rootfs)
+        with open(os.path.join(bundle, "config.json"), "w") as f:
+            f.write(dumps(c.spec))
+        return bundle
+
+    def _unmount(self, cid):
+        from pyrun.mount import unmount_all
+        unmount_all(os.path.join(self.bundle(cid), "rootfs"))
+
+    def start(self, cid, detach=True):
+        """Start ``cid``'s task.  Detached: under a monitor, output to the
+        task's log; returns the init pid.  Otherwise the caller's stdio is
+        the container's and this returns the exit status when it ends (the
+        task is then deleted).  Raises FailedPrecondition if a task exists."""
+        c = self.get(cid)
+        status = self.task_status(cid)
+        if status["status"] in ("running", "created", "paused"):
+            raise FailedPrecondition(f"container {cid!r}: a task is already {status['status']}")
+        if status["status"] == "stopped":
+            self.delete_task(cid)
+        bundle = self._prepare_task(c)
+        rt = self.runtime(c)
+        try:
+            if detach:
+                if c.spec.get("process", {}).get("terminal"):
+                    raise InvalidArgument("a detached task cannot have a terminal (attach is not "
+                                          "supported yet): drop -t or -d")
+                return monitor.start_detached(rt, cid, bundle, bundle, self.log_path(cid))
+            return self._foreground(rt, cid, bundle)
+        except BaseException:
+            if detach:
+                self._unmount(cid)
+            raise
+        finally:
+            if not detach:
+                self._cleanup_task(rt, cid)
+
+    def _foreground(self, rt, cid, bundle):
+        if isinstance(rt, backends.InProcess):
+            from pyrun.runtime.run import run
+            return run(rt.store, cid, bundle, keep=True)
+        import subprocess
+        r = subprocess.run([rt.path, "--root", rt.root, "run", "--bundle", bundle, cid])
+        return r.returncode
+
+    def _cleanup_task(self, rt, cid):
+        try:
+            rt.delete(cid, force=True)
+        except NotFound:
+            pass
+        self._unmount(cid)
+        self._prune_cgroup_parents()
+
+    def _prune_cgroup_parents(self, root="/sys/fs/cgroup"):
+        """Remove the ``/pyrun/<namespace>`` and ``/pyrun`` groups once no
+        container uses them (the container's own group is gone with its
+        task; rmdir refuses a group that still has children or tasks)."""
+        try:
+            hierarchies = [e.path for e in os.scandir(root) if e.is_dir() and not e.is_symlink()]
+        except OSError:
+            return
+        for h in hierarchies + [root]:
+            for group in (os.path.join(h, "pyrun", self.ns), os.path.join(h, "pyrun")):
+                try:
+                    os.rmdir(group)
+                except OSError:
+                    break
+
+    def log_path(self, cid):
+        return os.path.join(self.bundle(cid), "log")
+
+    def task_status(self, cid):
+        """``{"status": none|created|running|paused|stopped, "pid", "exit_status"}``."""
+        c = self.get(cid)
+        try:
+            st = self.runtime(c).state(cid)
+        except NotFound:
+            return {"status": "none", "pid": 0, "exit_status": None}
+        rec = monitor.exit_status(self.bundle(cid)) if st["status"] == "stopped" else None
+        return {"status": st["status"], "pid": st.get("pid", 0),
+                "exit_status": rec["status"] if rec else None}
+
+    def delete_task(self, cid, force=False):
+        """Delete ``cid``'s task (``force``: kill a live one).  Returns its
+        exit status if known."""
+        c = self.get(cid)
+        rt = self.runtime(c)
+        status = self.task_status(cid)
+        if status["status"] == "none":
+            raise NotFound(f"container {cid!r} has no task")
+        rt.delete(cid, force=force)
+        self._unmount(cid)
+        self._prune_cgroup_parents()
+        return status["exit_status"]
+
+    def kill(self, cid, sig=_signal.SIGTERM, all=False):
+        c = self.get(cid)
+        self.runtime(c).kill(cid, sig, all=all)
+
+    def wait(self, cid, poll=0.05):
+        """Wait for ``cid``'s task to stop; returns its exit status."""
+        import time
+        while True:
+            s = self.task_status(cid)
+            if s["status"] in ("stopped", "none"):
+                rec = monitor.exit_status(self.bundle(cid))
+                return rec["status"] if rec else s["exit_status"]
+            time.sleep(poll)
+
+    def exec(self, cid, process, stdio=None, console_fd=None):
+        c = self.get(cid)
+        return self.runtime(c).exec(cid, process, stdio=stdio, console_fd=console_fd)
+
+    def pids(self, cid):
+        c = self.get(cid)
+        return self.runtime(c).pids(cid)
+
+    def pause(self, cid):
+        self.runtime(self.get(cid)).pause(cid)
+
+    def resume(self, cid):
+        self.runtime(self.get(cid)).resume(cid)
+
+    def metrics(self, cid):
+        return self.runtime(self.get(cid)).stats(cid)

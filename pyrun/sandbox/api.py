@@ -1,0 +1,429 @@
+"""``run`` and ``Sandbox``: untrusted programs in throw-away containers,
+through the in-process runtime (pyrun.runtime: create, start, exec,
+delete), safe to call from many threads at once.
+
+Every call owns a private scratch directory (the bundle's config.json and
+the runtime's state), a unique container id and its own cgroup; whatever
+happens in the caller (an exception, KeyboardInterrupt, a cancelled
+task), the ``finally`` blocks kill every process of the container, reap,
+remove the cgroup and the scratch directory.
+"""
+import os
+import signal
+import tempfile
+import threading
+import time
+import weakref
+
+from pyrun.errdefs import FailedPrecondition, PyrunError
+from pyrun.jsonio import dumps
+from pyrun.sandbox import config as C
+from pyrun.sandbox.image import ImageSource
+from pyrun.sandbox.pump import Capture, pump
+
+
+class Cancelled(PyrunError):
+    """The command was killed because its caller cancelled it (an asyncio
+    task awaiting :func:`pyrun.run_async` or ``AsyncSandbox.exec``)."""
+
+
+class Result:
+    """What a sandboxed command did.
+
+    ``exit_code``: its exit status (None if a signal ended it); ``signal``:
+    the signal number that ended it, or None; ``stdout``/``stderr``: bytes,
+    at most ``max_output`` each; ``truncated``: output was dropped;
+    ``oom_killed``: the kernel's OOM killer killed a process of the
+    sandbox; ``timed_out``: the timeout ran out and everything was killed;
+    ``wall_time``: seconds from start to exit; ``cpu_time``: seconds of CPU
+    used by all its processes (cgroup cpuacct.usage / cpu.stat
+    usage_usec); ``peak_memory``: bytes, the group's high-water mark
+    (memory.max_usage_in_bytes on v1, memory.peak on v2; for
+    :meth:`Sandbox.exec` on cgroup v2, the sandbox's since it started).
+    """
+    __slots__ = ("exit_code", "signal", "stdout", "stderr", "oom_killed", "timed_out",
+                 "truncated", "wall_time", "cpu_time", "peak_memory")
+
+    def __init__(self, exit_code, signal, stdout, stderr, oom_killed, timed_out, truncated,
+                 wall_time, cpu_time, peak_memory):
+        for k, v in zip(self.__slots__, (exit_code, signal, stdout, stderr, oom_killed, timed_out,
+                                         truncated, wall_time, cpu_time, peak_memory)):
+            object.__setattr__(self, k, v)
+
+    def __setattr__(self, k, v):
+        raise AttributeError("Result is read-only")
+
+    @property
+    def ok(self):
+        """Exit code 0, in time, without an OOM kill."""
+        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+
+    def __repr__(self):
+        return "Result(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+
+
+_counter = iter(range(1 << 62))
+_counter_lock = threading.Lock()
+
+
+def _new_id():
+    with _counter_lock:
+        n = next(_counter)
+    return f"sandbox-{os.getpid()}-{n}-{os.urandom(3).hex()}"
+
+
+def _status(status):
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    return os.WEXITSTATUS(status), None
+
+
+def _reap(pid):
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None, signal.SIGKILL
+    return _status(status)
+
+
+class _Container:
+    """One container of a sandbox: scratch dir, cgroup, the runtime's
+    state; ``close()`` undoes all of it, whatever was reached."""
+
+    def __init__(self, opts, argv, env, cwd, stdio, scratch, need_freezer):
+        from pyrun.runtime.create import create
+        from pyrun.runtime.state import Store
+
+        self.cid = _new_id()
+        self.dir = tempfile.mkdtemp(prefix="pyrun-sandbox-", dir=scratch or _default_scratch())
+        self.store = Store(os.path.join(self.dir, "state"))
+        self.cg = None
+        self.st = None
+        self.image = None
+        try:
+            rootfs = opts.rootfs
+            if isinstance(rootfs, ImageSource):
+                path = os.path.join(self.dir, "rootfs")
+                os.mkdir(path, 0o755)
+                rootfs.mount(self.cid, path)
+                self.image, rootfs = rootfs, path
+            with open(os.path.join(self.dir, "config.json"), "w") as f:
+                f.write(dumps(C.build_spec(opts, self.cid, argv, env, cwd, rootfs)))
+            self.cg = C.make_cgroup(opts, self.cid, need_freezer)
+            self.st = create(self.store, self.cid, self.dir, stdio=stdio, cgroup_manager=self.cg)
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self):
+        from pyrun.runtime.start import start
+        start(self.store, self.cid)
+
+    def kill_all(self):
+        try:
+            self.cg.kill_all(signal.SIGKILL)
+        except Exception:
+            # Killing the init of the pid namespace takes everyone with it.
+            os.kill(self.st.pid, signal.SIGKILL)
+
+    def close(self):
+        from pyrun.fsutil import remove_tree
+        from pyrun.runtime.delete import delete
+
+        try:
+            if self.st is not None:
+                try:
+                    self.kill_all()
+                except ProcessLookupError:
+                    pass
+                try:
+                    os.waitpid(self.st.pid, 0)
+                except ChildProcessError:
+                    pass
+                delete(self.store, self.cid, force=True, cgroup_manager=self.cg)
+                self.st = None
+            if self.image is not None:
+                self.image.unmount(self.cid, os.path.join(self.dir, "rootfs"))
+                self.image = None
+        finally:
+            # Only what we made is there (config.json, the emptied state
+            # dir): plain unlink/rmdir, which can never cross a mount; the
+            # careful walk only if something else turned up.
+            try:
+                try:
+                    os.unlink(os.path.join(self.dir, "config.json"))
+                except FileNotFoundError:
+                    pass
+                for d in (self.store.root, os.path.join(self.dir, "rootfs"), self.dir):
+                    try:
+                        os.rmdir(d)
+                    except FileNotFoundError:
+                        pass
+            except OSError:
+                remove_tree(self.dir)
+
+
+def _default_scratch():
+    # A tmpfs if there is one: the runtime fsyncs its state on every save,
+    # which costs milliseconds on a disk and nothing in memory.
+    return "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def _pipes():
+    """Three pipes: (ours, theirs) for stdin, stdout, stderr."""
+    fds = []
+    try:
+        for _ in range(3):
+            fds.append(os.pipe2(os.O_CLOEXEC))
+    except BaseException:
+        for r, w in fds:
+            os.close(r)
+            os.close(w)
+        raise
+    (in_r, in_w), (out_r, out_w), (err_r, err_w) = fds
+    return (in_w, out_r, err_r), (in_r, out_w, err_w)
+
+
+def _close(fds):
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _check_stdin(stdin):
+    if isinstance(stdin, str):
+        return stdin.encode()
+    if not isinstance(stdin, (bytes, bytearray, memoryview)):
+        from pyrun.errdefs import InvalidArgument
+        raise InvalidArgument(f"stdin: expected bytes or str, got {type(stdin).__name__}")
+    return bytes(stdin)
+
+
+def run(argv, *, rootfs=None, bundle=None, image=None, db=None, namespace="default",
+        snapshotter="overlayfs", stdin=b"", env=None, cwd="/",
+        user=C.NOBODY, timeout=C.DEFAULT_TIMEOUT, memory=C.DEFAULT_MEMORY, cpus=None,
+        pids=C.DEFAULT_PIDS, network=False, mounts=(), writable=(),
+        max_output=C.DEFAULT_MAX_OUTPUT, tmp_size=C.DEFAULT_TMP_SIZE,
+        cgroup_parent=C.DEFAULT_CGROUP_PARENT, scratch=None, _cancel_fd=-1):
+    """Run ``argv`` in a new sandbox and return its :class:`Result`.
+
+    The root filesystem is one of ``rootfs`` (a directory, used read-only
+    in place), ``bundle`` (an OCI bundle: only its ``root.path`` is used)
+    or ``image`` (a name in the image store ``db``, a
+    :class:`pyrun.metadata.DB`, tenant ``namespace``: a read-only view
+    snapshot from ``snapshotter`` is mounted for the sandbox and removed
+    after).
+    ``stdin``: bytes (or str, UTF-8) fed to the process.  ``env``: a dict
+    or ``KEY=VALUE`` list added to a default PATH/HOME/LANG.  ``cwd``:
+    absolute path inside.  ``user``: (uid, gid), default nobody.
+    ``timeout``: seconds of wall time (None: no limit) after which every
+    process of the sandbox is killed.  ``memory``: bytes (no swap);
+    ``cpus``: CPUs' worth of time (1.5 = 150 ms per 100 ms); ``pids``: at
+    most this many processes and threads; None lifts a limit.
+    ``network``: True shares the host's network (default: a new namespace
+    with only ``lo``).  ``mounts``: :class:`Bind` or (source, target)
+    host paths, read-only unless ``Bind(..., writable=True)``.
+    ``writable``: paths inside that get a tmpfs of ``tmp_size`` bytes (as
+    /tmp always does).  ``max_output``: bytes kept per stream; the rest is
+    read and dropped.  ``cgroup_parent``: the absolute cgroup under which
+    the sandbox's group is made (default /pyrun).  ``scratch``: the
+    directory for the private bundle and state (default /dev/shm, a
+    tmpfs, else the temp dir).
+
+    Raises InvalidArgument (naming the bad argument), NotFound (rootfs,
+    mount source, image), and what the runtime raises
+    when the container cannot be made (StepError naming the step, e.g. a
+    program that does not exist in the rootfs).  Nothing is left behind
+    in any case.
+    """
+    argv = C.check_argv(argv)
+    env = C.check_env(env)
+    cwd = C.check_cwd(cwd)
+    timeout = C.check_timeout(timeout)
+    max_output = C.check_max_output(max_output)
+    data = _check_stdin(stdin)
+    opts = C.Options(C.resolve_rootfs(rootfs, bundle, image, db, namespace, snapshotter),
+                     user=user, memory=memory, cpus=cpus, pids=pids, network=network, mounts=mounts, writable=writable,
+                     cgroup_parent=cgroup_parent, tmp_size=tmp_size)
+    ours, theirs = _pipes()
+    ctr = None
+    try:
+        try:
+            ctr = _Container(opts, argv, env, cwd, theirs, scratch, need_freezer=False)
+        finally:
+            _close(theirs)
+        pid = ctr.st.pid
+        pidfd = os.pidfd_open(pid)
+        try:
+            out, err = Capture(max_output), Capture(max_output)
+            t0 = time.monotonic()
+            ctr.start()
+            deadline = None if timeout is None else t0 + timeout
+            in_fd, out_fd, err_fd = ours
+            ours = ()  # pump closes them
+            reason = pump(pidfd, in_fd, data, out_fd, err_fd, out, err, deadline, ctr.kill_all,
+                          _cancel_fd)
+            code, sig = _reap(pid)
+            wall = time.monotonic() - t0
+        finally:
+            os.close(pidfd)
+        cpu, peak, ooms = C.read_usage(ctr.cg)
+        if reason == "cancelled":
+            raise Cancelled()
+        return Result(code, sig, out.value(), err.value(), ooms > 0, reason == "timeout",
+                      out.truncated or err.truncated, wall, cpu / 1e9, peak)
+    finally:
+        _close(ours)
+        if ctr is not None:
+            ctr.close()
+
+
+class Sandbox:
+    """A long-lived sandbox: one container whose init idles
+    (``sleep 2147483647``), in which :meth:`exec` runs commands one at a
+    time (calls from several threads queue on a lock).  Use it as a
+    context manager, or call :meth:`close`.
+
+    Takes the container-level arguments of :func:`run` (rootfs/bundle/
+    image with db/namespace/snapshotter, user, memory, cpus, pids, network, mounts, writable, tmp_size,
+    cgroup_parent, scratch); limits apply to the sandbox as a whole.  The
+    idle init does not reap orphans: processes that commands leave behind
+    in the background stay zombies (counted against ``pids``) until
+    :meth:`close`.
+
+    Raises what :func:`run` raises for bad arguments or a failed create.
+    """
+
+    def __init__(self, *, rootfs=None, bundle=None, image=None, db=None, namespace="default",
+                 snapshotter="overlayfs", user=C.NOBODY,
+                 memory=C.DEFAULT_MEMORY, cpus=None, pids=C.DEFAULT_PIDS, network=False,
+                 mounts=(), writable=(), tmp_size=C.DEFAULT_TMP_SIZE,
+                 cgroup_parent=C.DEFAULT_CGROUP_PARENT, scratch=None):
+        self._opts = C.Options(C.resolve_rootfs(rootfs, bundle, image, db, namespace, snapshotter),
+                               user=user, memory=memory,
+                               cpus=cpus, pids=pids, network=network, mounts=mounts,
+                               writable=writable, cgroup_parent=cgroup_parent, tmp_size=tmp_size)
+        self._lock = threading.Lock()
+        self._ctr = None
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._ctr = _Container(self._opts, ["sleep", "2147483647"], C.check_env(None), "/",
+                                   (null, null, null), scratch, need_freezer=True)
+            self._ctr.start()
+        except BaseException:
+            if self._ctr is not None:
+                self._ctr.close()
+                self._ctr = None
+            raise
+        finally:
+            os.close(null)
+        # A sandbox dropped without close() is still removed: when it is
+        # collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, self._ctr.close)
+
+    @property
+    def id(self):
+        """The container id (unique per process and call)."""
+        return self._ctr.cid if self._ctr else None
+
+    def exec(self, argv, *, stdin=b"", env=None, cwd="/", user=None, timeout=C.DEFAULT_TIMEOUT,
+             max_output=C.DEFAULT_MAX_OUTPUT, _cancel_fd=-1):
+        """Run ``argv`` in the sandbox (runtime ``exec``: it joins the
+        sandbox's namespaces and cgroup, with the same seccomp profile,
+        capabilities and no_new_privs) and return its :class:`Result`.
+        Arguments as for :func:`run`; ``user`` defaults to the sandbox's.
+        On timeout every process of the sandbox but its init is killed.
+
+        Raises InvalidArgument, FailedPrecondition (closed, or its init
+        died: e.g. killed by the OOM killer), StepError.
+        """
+        from pyrun.runtime.exec import exec_process, process_for_exec
+
+        argv = C.check_argv(argv)
+        env = C.check_env(env)
+        cwd = C.check_cwd(cwd)
+        timeout = C.check_timeout(timeout)
+        max_output = C.check_max_output(max_output)
+        u = self._opts.user if user is None else C.check_user(user)
+        data = _check_stdin(stdin)
+        with self._lock:
+            ctr = self._ctr
+            if ctr is None:
+                raise FailedPrecondition("the sandbox is closed")
+            cpu0, _, ooms0 = C.read_usage(ctr.cg)
+            self._reset_peak(ctr)
+            process = process_for_exec(ctr.st, argv, env=env, cwd=cwd, user=f"{u[0]}:{u[1]}")
+            ours, theirs = _pipes()
+            try:
+                try:
+                    pid = exec_process(ctr.store, ctr.cid, process, stdio=theirs,
+                                       cgroup_manager=ctr.cg)
+                finally:
+                    _close(theirs)
+                pidfd = os.pidfd_open(pid)
+                try:
+                    out, err = Capture(max_output), Capture(max_output)
+                    t0 = time.monotonic()
+                    deadline = None if timeout is None else t0 + timeout
+                    in_fd, out_fd, err_fd = ours
+                    ours = ()
+                    try:
+                        reason = pump(pidfd, in_fd, data, out_fd, err_fd, out, err, deadline,
+                                      lambda: self._kill_all_but_init(ctr, pid), _cancel_fd)
+                    except BaseException:
+                        self._kill_all_but_init(ctr, pid)
+                        raise
+                    finally:
+                        code, sig = _reap(pid)
+                    wall = time.monotonic() - t0
+                finally:
+                    os.close(pidfd)
+            finally:
+                _close(ours)
+            cpu, peak, ooms = C.read_usage(ctr.cg)
+        if reason == "cancelled":
+            raise Cancelled()
+        return Result(code, sig, out.value(), err.value(), ooms > ooms0, reason == "timeout",
+                      out.truncated or err.truncated, wall, (cpu - cpu0) / 1e9, peak)
+
+    @staticmethod
+    def _reset_peak(ctr):
+        b = ctr.cg.manager.backend("memory")
+        if b is not None and b[0] == "v1":
+            b[1].write("memory.max_usage_in_bytes", 0)
+
+    @staticmethod
+    def _kill_all_but_init(ctr, pid):
+        """SIGKILL the command ``pid`` (our child) and, with the group
+        frozen so that no fork escapes, every process but the init."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        m = ctr.cg.manager
+        m.freeze()
+        try:
+            for other in m.pids():
+                if other != ctr.st.pid:
+                    try:
+                        os.kill(other, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        finally:
+            m.thaw()
+
+    def close(self):
+        """Kill everything in the sandbox and remove it; safe to call twice."""
+        with self._lock:
+            ctr, self._ctr = self._ctr, None
+        if ctr is not None:
+            self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,174 @@
+"""The main job: ``pyrunctl`` builds an image from the host's busybox into
+its store and runs containers from it, with tenants, detached tasks and
+``run``'s flags checked from inside the container."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from pyrun.fsutil import mounts_under
+
+pytestmark = pytest.mark.root
+
+PYRUNCTL = os.path.join(os.path.dirname(sys.executable), "pyrunctl")
+
+
+class Ctl:
+    def __init__(self, root, state, namespace="default"):
+        self.root, self.state, self.namespace = str(root), str(state), namespace
+
+    def __call__(self, *args, check=True, ns=None, timeout=60):
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            r = subprocess.run([PYRUNCTL, "--root", self.root, "--state", self.state,
+                                "-n", ns or self.namespace, *args],
+                               stdout=out, stderr=err, stdin=subprocess.DEVNULL, timeout=timeout)
+            out.seek(0)
+            err.seek(0)
+            r.stdout, r.stderr = out.read().decode(), err.read().decode()
+        if check and r.returncode != 0:
+            raise AssertionError(f"pyrunctl {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+        return r
+
+
+@pytest.fixture(scope="module")
+def ctl(tmp_path_factory, busybox_rootfs):
+    base = tmp_path_factory.mktemp("ctl")
+    c = Ctl(base / "root", base / "state")
+    c("images", "from-dir", busybox_rootfs, "busybox")
+    c("images", "from-dir", busybox_rootfs, "busybox", ns="team-b")
+    yield c
+    for ns in ("default", "team-b"):
+        for cid in c("containers", "ls", "-q", ns=ns, check=False).stdout.split():
+            c("containers", "rm", "--force", cid, ns=ns, check=False)
+    assert mounts_under(str(base)) == []
+    for ctrl in ("pids", "memory", "cpu"):
+        for ns in ("default", "team-b"):
+            group = f"/sys/fs/cgroup/{ctrl}/pyrun/{ns}"
+            left = [e.name for e in os.scandir(group) if e.is_dir()] if os.path.isdir(group) else []
+            assert left == [], f"cgroups left in {group}: {left}"
+
+
+def inside(ctl, *args, cid="t", **kw):
+    r = ctl("run", "--rm", *args, "busybox", cid, "sh", "-c", kw.pop("script"), check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_run_rm_exit_code_and_nothing_left(ctl):
+    r = ctl("run", "--rm", "busybox", "c1", "sh", "-c", "echo hi; exit 7", check=False)
+    assert r.returncode == 7 and r.stdout == "hi\n"
+    assert ctl("containers", "ls", "-q").stdout.split() == []
+    assert not os.path.exists(os.path.join(ctl.state, "bundles", "default", "c1"))
+    assert ctl("snapshots", "ls").stdout.count("active") == 0
+
+
+def test_run_flags_seen_inside(ctl, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("bound\n")
+    envfile = tmp_path / "env"
+    envfile.write_text("FROMFILE=yes\n")
+    out = inside(ctl, "-e", "A=1", "--env-file", str(envfile), "-w", "/tmp", "-u", "nobody",
+                 "--hostname", "box", "--mount", f"type=bind,src={data},dst=/data,options=rbind:ro",
+                 "--read-only", "--memory", "64m", "--cpus", "0.5", "--pids-limit", "30",
+                 "--cap-drop", "CAP_CHOWN", "--label", "k=v",
+                 script="echo $A $FROMFILE; pwd; id -u; hostname; cat /data/f;"
+                        "touch /data/x 2>/dev/null || echo data-ro; touch /x 2>/dev/null || echo root-ro;"
+                        "cat /sys/fs/cgroup/pids/pids.max; cat /sys/fs/cgroup/memory/memory.limit_in_bytes;"
+                        "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; grep CapBnd /proc/self/status;"
+                        "ls /sys/class/net")
+    lines = out.split("\n")
+    assert lines[:5] == ["1 yes", "/tmp", "65534", "box", "bound"]
+    assert lines[5:10] == ["data-ro", "root-ro", "30", str(64 << 20), "50000"]
+    assert not int(lines[10].split()[1], 16) & 1      # CAP_CHOWN dropped
+    assert lines[11] == "lo"
+
+
+def test_default_spec_like_containerd(ctl):
+    out = inside(ctl, script="grep -E 'Seccomp:|NoNewPrivs' /proc/self/status; cat /etc/hostname;"
+                             "ulimit -n; grep -c . /etc/hosts")
+    assert "Seccomp:\t2" in out          # the default profile is in force
+    assert out.split("\n")[2] == "t" and out.split("\n")[3] == "1024"
+
+
+def test_net_host_and_privileged(ctl):
+    out = inside(ctl, "--net", "host", "--privileged",
+                 script="ls /sys/class/net | grep -c .; grep CapEff /proc/self/status")
+    assert int(out.split()[0]) >= 1
+    assert int(out.split()[2], 16) != 0
+
+
+def test_detached_task_outlives_pyrunctl(ctl):
+    ctl("run", "-d", "busybox", "d1", "sh", "-c", "echo started; sleep 0.5; exit 4")
+    tasks = ctl("tasks", "ls").stdout
+    assert "d1" in tasks and ("RUNNING" in tasks or "STOPPED" in tasks)
+    assert ctl("tasks", "wait", "d1", check=False).returncode == 4
+    assert "STOPPED (exit 4)" in ctl("tasks", "ls").stdout
+    assert ctl("tasks", "logs", "d1").stdout == "started\n"
+    r = ctl("tasks", "start", "-d", "d1")              # a stopped task starts again
+    assert int(r.stdout) > 0
+    ctl("tasks", "wait", "d1", check=False)
+    ctl("containers", "rm", "d1")
+    assert "d1" not in ctl("containers", "ls", "-q").stdout
+
+
+def test_tasks_exec_ps_kill_pause(ctl):
+    ctl("run", "-d", "busybox", "e1", "sleep", "100")
+    r = ctl("tasks", "exec", "--exec-id", "x", "e1", "sh", "-c", "hostname; exit 3", check=False)
+    assert r.returncode == 3 and r.stdout == "e1\n"
+    assert len(ctl("tasks", "ps", "e1").stdout.split()) == 2   # header + sleep
+    ctl("tasks", "pause", "e1")
+    assert "PAUSED" in ctl("tasks", "ls").stdout
+    ctl("tasks", "resume", "e1")
+    metrics = json.loads(ctl("tasks", "metrics", "e1").stdout)
+    assert metrics["pids"]["current"] == 1
+    r = ctl("containers", "rm", "e1", check=False)
+    assert r.returncode == 1 and "running" in r.stderr
+    ctl("tasks", "kill", "-s", "KILL", "e1")
+    assert ctl("tasks", "wait", "e1", check=False).returncode == 137
+    ctl("containers", "rm", "e1")
+
+
+def test_tenants_are_apart(ctl):
+    ctl("containers", "create", "busybox", "same", "true")
+    ctl("containers", "create", "busybox", "same", "true", ns="team-b")
+    assert ctl("containers", "ls", "-q").stdout.split() == ["same"]
+    ctl("containers", "rm", "same", ns="team-b")
+    assert ctl("containers", "ls", "-q", ns="team-b").stdout.split() == []
+    assert ctl("containers", "ls", "-q").stdout.split() == ["same"]
+    ctl("containers", "rm", "same")
+    r = ctl("namespaces", "rm", "team-b", check=False)
+    assert r.returncode == 1 and "image" in r.stderr     # it still holds its image
+
+
+@pytest.mark.parametrize("runtime", ["runc"])
+def test_other_runtime_backends(ctl, runtime):
+    r = ctl("run", "--rm", "--runtime", runtime, "busybox", "rt1", "sh", "-c", "echo via; exit 2",
+            check=False)
+    assert r.returncode == 2 and r.stdout == "via\n"
+
+
+def test_bad_input(ctl, tmp_path):
+    cases = [
+        (("run", "--rm", "nosuchimage", "b1", "true"), "image 'nosuchimage': not found"),
+        (("run", "--rm", "UPPER/bad::ref", "b1", "true"), "not found"),
+        (("run", "--rm", "--mount", f"type=bind,src={tmp_path}/missing,dst=/m", "busybox", "b1",
+          "true"), "bind source"),
+        (("run", "--rm", "--cap-add", "CAP_FLY", "busybox", "b1", "true"), "unknown capability"),
+        (("run", "--rm", "--runtime", "/no/runtime", "busybox", "b1", "true"), "no such executable"),
+        (("run", "--rm", "busybox", "b1", "/no/such/program"), "No such file"),
+        (("run", "--rm", "--memory", "lots", "busybox", "b1", "true"), "--memory"),
+    ]
+    for args, message in cases:
+        r = ctl(*args, check=False)
+        assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
+        assert ctl("containers", "ls", "-q").stdout.split() == []
+    ctl("containers", "create", "busybox", "dup", "true")
+    r = ctl("containers", "create", "busybox", "dup", "true", check=False)
+    assert r.returncode == 1 and "already exists" in r.stderr
+    ctl("containers", "rm", "dup")
+    assert mounts_under(ctl.state) == []

@@ -1,0 +1,326 @@
+"""The sandbox API (pyrun.sandbox): limits, timeouts, capture bounds,
+concurrency, cleanup after errors, bad input.  Root, real cgroups.
+
+After every test nothing may be left: no group under the test's cgroup
+parent, no scratch directory, no mount below the scratch or the rootfs."""
+import asyncio
+import os
+import signal
+import threading
+import uuid
+
+import pytest
+
+import pyrun
+from pyrun import sandbox
+from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound
+from pyrun.fsutil import mounts_under
+from pyrun.runtime.spawn import StepError
+
+CG = "/sys/fs/cgroup"
+# A string that doubles until memory runs out.
+HOG = ["awk", "BEGIN { s = \"x\"; while (1) s = s s }"]
+
+
+@pytest.fixture
+def sb(busybox_rootfs, tmp_path):
+    """Keyword arguments for run/Sandbox with a private cgroup parent and
+    scratch dir; checks for leaks afterwards and removes the parent."""
+    parent = f"/pyrun-test-sandbox-{uuid.uuid4().hex[:8]}"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    kw = dict(rootfs=busybox_rootfs, cgroup_parent=parent, scratch=str(scratch))
+    yield kw
+    leaks = []
+    for ctrl in os.listdir(CG):
+        d = os.path.join(CG, ctrl, parent.lstrip("/"))
+        if os.path.isdir(d):
+            leaks += [os.path.join(d, e.name) for e in os.scandir(d) if e.is_dir()]
+    leaks += [str(p) for p in scratch.iterdir()]
+    leaks += mounts_under(str(scratch)) + mounts_under(busybox_rootfs)
+    sandbox.remove_cgroup_parent(parent)
+    assert not leaks, f"left behind: {leaks}"
+    assert not any(os.path.isdir(os.path.join(CG, c, parent.lstrip("/"))) for c in os.listdir(CG))
+
+
+def test_run_captures_and_isolates(sb):
+    r = pyrun.run(["sh", "-c", "cat; echo out; echo err >&2; id -u; ls /sys | wc -l; "
+                   "ip link 2>/dev/null | grep -c '^[0-9]'; touch /x 2>/dev/null || echo ro; "
+                   "touch /tmp/x && echo tmp-ok; exit 3"], stdin=b"in\n", **sb)
+    assert r.exit_code == 3 and r.signal is None
+    assert r.stdout.split(b"\n")[:6] == [b"in", b"out", b"65534", b"0", b"1", b"ro"]
+    assert b"tmp-ok" in r.stdout
+    assert r.stderr == b"err\n"
+    assert not (r.timed_out or r.oom_killed or r.truncated)
+    assert r.wall_time > 0 and r.cpu_time >= 0 and r.peak_memory > 0
+
+
+def test_no_capabilities_and_seccomp(sb):
+    r = pyrun.run(["sh", "-c", "grep -E '^Cap(Eff|Bnd)|^NoNewPrivs|^Seccomp:' /proc/self/status"],
+                  **sb)
+    assert b"CapEff:\t0000000000000000" in r.stdout
+    assert b"CapBnd:\t0000000000000000" in r.stdout
+    assert b"NoNewPrivs:\t1" in r.stdout
+    assert b"Seccomp:\t2" in r.stdout
+    # unshare needs CAP_SYS_ADMIN, which the profile does not grant: EPERM.
+    r = pyrun.run(["unshare", "-r", "true"], **sb)
+    assert r.exit_code != 0
+
+
+def test_memory_limit_ooms(sb):
+    r = pyrun.run(HOG, memory=32 << 20, **sb)
+    assert r.oom_killed
+    assert r.peak_memory <= 33 << 20
+
+
+def test_pids_limit_fork_fails(sb):
+    r = pyrun.run(["sh", "-c", "for i in $(seq 30); do sleep 5 & done; wait; echo done"],
+                  pids=10, timeout=20, **sb)
+    assert b"can't fork" in r.stderr or b"Resource temporarily unavailable" in r.stderr
+    assert not r.timed_out
+
+
+def test_timeout_kills_everything(sb):
+    r = pyrun.run(["sh", "-c", "sleep 1000 & sleep 1000 & while :; do :; done"], timeout=0.5, **sb)
+    assert r.timed_out and r.signal == signal.SIGKILL and r.exit_code is None
+    assert r.cpu_time > 0.1
+
+
+def test_fork_bomb_stays_inside(sb):
+    r = pyrun.run(["sh", "-c", "f() { f | f & }; f; sleep 2"], pids=32, timeout=2, **sb)
+    assert r.timed_out or r.exit_code is not None
+
+
+def test_output_cap(sb):
+    r = pyrun.run(["sh", "-c", "head -c 5000000 /dev/zero; echo tail >&2"], max_output=1000, **sb)
+    assert r.truncated and len(r.stdout) == 1000
+    assert r.stderr == b"tail\n" and r.exit_code == 0
+
+
+def test_cpus_limit_and_big_stdin(sb):
+    data = os.urandom(1 << 20)
+    r = pyrun.run(["sh", "-c", "md5sum"], stdin=data, cpus=0.5, **sb)
+    import hashlib
+    assert r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
+
+
+def test_mounts_read_only_and_writable(sb, tmp_path):
+    host = tmp_path / "data"
+    host.mkdir()
+    (host / "f").write_text("hello")
+    os.chmod(host, 0o777)
+    r = pyrun.run(["sh", "-c", "cat /mnt/f; echo x > /mnt/g || echo ro; echo y > /work/z && cat /work/z"],
+                  mounts=[(str(host), "/mnt")], writable=["/work"], **sb)
+    assert r.stdout == b"hello" + b"ro\ny\n"
+    r = pyrun.run(["sh", "-c", "echo x > /mnt/g"], mounts=[sandbox.Bind(str(host), "/mnt", True)], **sb)
+    assert r.exit_code == 0 and (host / "g").read_text() == "x\n"
+
+
+def in_threads(worker, n=8):
+    """Run worker(k) for k in range(n) on n threads; raise the first error."""
+    errors = []
+
+    def guarded(k):
+        try:
+            worker(k)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_concurrent_runs(sb):
+    results = []
+    lock = threading.Lock()
+
+    def worker(k):
+        for i in range(k, 100, 8):
+            r = pyrun.run(["sh", "-c", f"echo {i}; cat"], stdin=str(i), **sb)
+            with lock:
+                results.append((i, r))
+
+    in_threads(worker)
+    assert len(results) == 100
+    for i, r in results:
+        assert r.exit_code == 0 and r.stdout == f"{i}\n{i}".encode()
+
+
+def test_sandbox_several_commands(sb):
+    with pyrun.Sandbox(**sb) as box:
+        assert box.exec(["sh", "-c", "echo 1 > /tmp/a"]).exit_code == 0
+        r = box.exec(["cat", "/tmp/a"])
+        assert r.stdout == b"1\n"
+        r = box.exec(["sh", "-c", "cat; id -u"], stdin=b"x", user=(1000, 1000))
+        assert r.stdout == b"x1000\n"
+        r = box.exec(["sh", "-c", "sleep 1000 & sleep 1000"], timeout=0.3)
+        assert r.timed_out
+        # the sandbox survives its commands' timeouts
+        assert box.exec(["echo", "still"]).stdout == b"still\n"
+        r = box.exec(HOG, timeout=10)
+        assert r.oom_killed
+    with pytest.raises(FailedPrecondition):
+        box.exec(["true"])
+    box.close()
+
+
+def test_exception_inside_sandbox_cleans_up(sb):
+    with pytest.raises(RuntimeError):
+        with pyrun.Sandbox(**sb) as box:
+            box.exec(["true"])
+            raise RuntimeError("boom")
+
+
+def test_dropped_sandbox_is_removed(sb):
+    import gc
+    box = pyrun.Sandbox(**sb)
+    pid = box._ctr.st.pid
+    del box
+    gc.collect()
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_seccomp_profile_by_capability():
+    from pyrun.oci.seccomp_default import default_profile
+    from pyrun.seccomp import compile_filter
+
+    def allowed(p):
+        return {n for r in p["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" and not r.get("args")
+                for n in r["names"]}
+    plain = default_profile()
+    admin = default_profile(["CAP_SYS_ADMIN"])
+    assert "mount" not in allowed(plain) and "mount" in allowed(admin)
+    assert "clone" in allowed(admin)
+    clone3 = [r for r in plain["syscalls"] if r["names"] == ["clone3"]]
+    assert clone3 and clone3[0]["errnoRet"] == 38
+    assert "io_uring_setup" not in allowed(admin)
+    assert len(plain["architectures"]) == 3 and default_profile(compat_arches=False)["architectures"] == []
+    assert compile_filter(plain)[1] > compile_filter(default_profile(compat_arches=False))[1] > 0
+
+
+def test_keyboard_interrupt_during_run_cleans_up(sb):
+    # SIGINT arrives while run() waits on the container.
+    t = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pyrun.run(["sleep", "10"], **sb)
+    finally:
+        t.cancel()
+
+
+def test_keyboard_interrupt_during_exec_cleans_up(sb):
+    t = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        with pyrun.Sandbox(**sb) as box:
+            t.start()
+            box.exec(["sleep", "10"])
+
+
+def test_async(sb):
+    async def main():
+        rs = await asyncio.gather(*(pyrun.run_async(["echo", str(i)], **sb) for i in range(10)))
+        assert [r.stdout for r in rs] == [f"{i}\n".encode() for i in range(10)]
+        task = asyncio.ensure_future(pyrun.run_async(["sleep", "10"], **sb))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with pyrun.AsyncSandbox(**sb) as box:
+            assert (await box.exec(["echo", "a"])).stdout == b"a\n"
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kw,err", [
+    (dict(argv=[]), InvalidArgument),
+    (dict(argv="echo hi"), InvalidArgument),
+    (dict(argv=["echo", 3]), InvalidArgument),
+    (dict(argv=[""]), InvalidArgument),
+    (dict(memory=-1), InvalidArgument),
+    (dict(pids=0), InvalidArgument),
+    (dict(timeout=-2), InvalidArgument),
+    (dict(cpus=0), InvalidArgument),
+    (dict(max_output=-5), InvalidArgument),
+    (dict(user=(-1, 0)), InvalidArgument),
+    (dict(cwd="tmp"), InvalidArgument),
+    (dict(env=["NOEQUALS"]), InvalidArgument),
+    (dict(mounts=[("/no/such/dir", "/mnt")]), NotFound),
+    (dict(cgroup_parent="/"), InvalidArgument),
+])
+def test_bad_input(sb, kw, err):
+    argv = kw.pop("argv", ["true"])
+    with pytest.raises(err):
+        pyrun.run(argv, **{**sb, **kw})
+
+
+def test_bad_rootfs_and_program(sb, tmp_path):
+    with pytest.raises(NotFound):
+        pyrun.run(["true"], **{**sb, "rootfs": str(tmp_path / "nope")})
+    with pytest.raises(InvalidArgument):
+        pyrun.run(["true"], **{**sb, "bundle": str(tmp_path)})
+    with pytest.raises(InvalidArgument, match="db="):
+        pyrun.run(["true"], **{**sb, "rootfs": None, "image": "busybox:latest"})
+    with pytest.raises(StepError, match="no-such-program"):
+        pyrun.run(["no-such-program"], **sb)
+
+
+def test_import_pyrun_is_lazy():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import sys, pyrun; print('pyrun.sandbox' in sys.modules)"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_concurrent_sandboxes_and_shared_exec(sb):
+    with pyrun.Sandbox(**sb) as shared:
+        def worker(k):
+            with pyrun.Sandbox(**sb) as own:
+                for i in range(3):
+                    assert own.exec(["echo", f"{k}-{i}"]).stdout == f"{k}-{i}\n".encode()
+                    assert shared.exec(["cat"], stdin=f"{k}{i}").stdout == f"{k}{i}".encode()
+
+        in_threads(worker)
+
+
+def test_every_exec_lands_in_the_sandbox_cgroup(sb):
+    # Regression: exec's second stage could ask to be put in the cgroup
+    # before the first stage reported its pid, and stay outside.
+    with pyrun.Sandbox(**sb) as box:
+        for _ in range(40):
+            r = box.exec(["cat", "/proc/self/cgroup"])
+            assert r.exit_code == 0 and b".." not in r.stdout, r.stdout
+
+
+def test_image_from_the_store(sb, busybox_rootfs, tmp_path):
+    from pyrun.fsutil import remove_tree
+    from pyrun.images.build import image_from_dir
+    from pyrun.metadata import DB
+    from pyrun.snapshots import registry
+
+    where = tmp_path / "store"
+    backend = registry.new("overlayfs", str(where / "snapshots"))
+    db = DB(str(where / "meta"), snapshotters={"overlayfs": backend})
+    try:
+        image_from_dir(db, "default", "sandbox-test/busybox:1", busybox_rootfs)
+        kw = {**sb, "rootfs": None, "image": "sandbox-test/busybox:1", "db": db}
+        r = pyrun.run(["sh", "-c", "cat /etc/passwd | head -1; touch /x || echo ro"], **kw)
+        assert r.stdout == b"root:x:0:0:root:/root:/bin/sh\nro\n", r
+        with pyrun.Sandbox(**kw) as box:
+            assert box.exec(["echo", "hi"]).stdout == b"hi\n"
+        with pytest.raises(NotFound):
+            pyrun.run(["true"], **{**kw, "image": "sandbox-test/nope:1"})
+        # only the image's committed layer is left: every view is gone
+        kinds = []
+        db.snapshotter("default", "overlayfs").walk(lambda info: kinds.append(str(info.kind)))
+        assert len(kinds) == 1 and "committed" in kinds[0].lower()
+        assert not mounts_under(str(where))
+    finally:
+        db.close()
+        backend.close()
+        remove_tree(str(where))
