@@ -75,6 +75,8 @@ def main(argv=None):
     except PyrunError as e:
         os.write(2, f"pyrunctl: {e}\n".encode())
         return 1
+    except BrokenPipeError:
+        return 0  # e.g. `| head`: the reader is gone
     except OSError as e:
         os.write(2, f"pyrunctl: {e}\n".encode())
         return 1

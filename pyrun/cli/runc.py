@@ -66,10 +66,19 @@ def main(argv=None):
             from pyrun.trace.tracer import from_environ
             with tracing(from_environ(True, args.trace_format or None)):
                 return VERBS[args.verb](args) or 0
+        if args.debug:
+            # --debug logs every kernel step (the teaching-mode trace) to
+            # --log in --log-format, or to stderr without --log.
+            from pyrun.trace import tracing
+            from pyrun.trace.tracer import Tracer
+            with tracing(Tracer(args.log_format, args.log or None)):
+                return VERBS[args.verb](args) or 0
         return VERBS[args.verb](args) or 0
     except PyrunError as e:
         log.error(str(e))
         return 1
+    except BrokenPipeError:
+        return 0  # e.g. `| head`: the reader is gone
     except OSError as e:
         log.error(str(e))
         return 1

@@ -8,7 +8,7 @@ GLOBAL = [
     Flag(("--root",), "state directory", True, "/run/pyrun"),
     Flag(("--log",), "log file (errors are also written to stderr)", True, ""),
     Flag(("--log-format",), "log format: text or json", True, "text"),
-    Flag(("--debug",), "log debug messages"),
+    Flag(("--debug",), "log every kernel step (the --trace output) to --log, or stderr"),
     Flag(("--trace",), "teaching mode: print every kernel step to stderr (also PYRUN_TRACE=1)"),
     Flag(("--trace-format",), "trace format: text or json (also PYRUN_TRACE=json)", True, ""),
     Flag(("--systemd-cgroup",), "manage cgroups through systemd (needs a running systemd)"),
