@@ -498,3 +498,30 @@ def test_random_stacks_overlay_matches_native(tmp_path, seed):
         apply(upper, data, mode="overlay", lower_dirs=[str(u) for u in reversed(uppers)])
         uppers.append(upper)
         assert mounted_tree(tmp_path / f"merged{i}", uppers) == tree(str(native)), f"layer {i}"
+
+
+# -- small files written by helper threads ---------------------------------------------
+
+@pytest.mark.parametrize("mode", ["native", "overlay"])
+def test_names_written_again_while_a_helper_may_still_write(tmp_path, mode):
+    # Small files are created by helper threads; entries that come back to
+    # a name (or a tree) they may still be writing must see what a
+    # one-by-one apply would.
+    many = [file(f"many/f{i:03d}", b"%d" % i) for i in range(150)]
+    root = tmp_path / "root"
+    apply(root, tar(file("a", b"first"), file("a", b"second"),
+                    file("b", b"file"), dir("b"), file("b/c", b"in dir"),
+                    file("d", b"file"), symlink("d", "a"),
+                    file("e", b"linked"), hardlink("f", "e"),
+                    dir("many"), *many, file("many", b"now a file"),
+                    file("last", b"x" * 100000)), mode=mode)
+    assert (root / "a").read_bytes() == b"second"
+    assert (root / "b" / "c").read_bytes() == b"in dir"
+    assert os.readlink(root / "d") == "a"
+    assert os.lstat(root / "f").st_ino == os.lstat(root / "e").st_ino
+    assert (root / "f").read_bytes() == b"linked"
+    assert (root / "many").read_bytes() == b"now a file"
+    assert (root / "last").read_bytes() == b"x" * 100000
+    assert os.lstat(root / "a").st_mtime == MTIME
+    with pytest.raises(InvalidArgument, match="parent 'p' is not a directory"):
+        apply(tmp_path / "bad", tar(file("p", b"file"), file("p/q", b"under a file")), mode=mode)

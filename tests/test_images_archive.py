@@ -10,12 +10,11 @@ import tarfile
 import pytest
 
 from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound
-from pyrun.fsutil import remove_tree
 from pyrun.images.archive import export_docker, export_oci, import_archive
 from pyrun.images.store import ImageStore
 from pyrun.metadata import DB, collect
 from pyrun.snapshots import registry as snapshotters
-from registry_fixtures import OCILayout, sha256, skopeo
+from registry_fixtures import OCILayout, skopeo
 from test_images_store import BASE, RICH_CONFIG, build_image
 
 pytestmark = pytest.mark.root

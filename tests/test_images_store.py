@@ -165,3 +165,24 @@ def test_parse_image_config():
         parse_image_config(b'{"config": {"ExposedPorts": ["80/tcp"]}}', "d")
     with pytest.raises(InvalidArgument, match="is not JSON"):
         parse_image_config(b"{", "d")
+
+
+def test_failed_unpack_records_nothing_and_gc_cleans_up(db, registry, safe_tmp):
+    # The config's diff_ids do not match the second layer: unpack fails
+    # while the layers download; no image, no lease, and GC leaves nothing.
+    layout = OCILayout(str(safe_tmp / "bad-layout"))
+    gz0, id0 = tar_layer(BASE)
+    gz1, _ = tar_layer({"x": b"x"})
+    layers = [layout.blob(gz0, layout.LAYER), layout.blob(gz1, layout.LAYER)]
+    cfg = json.dumps({"architecture": "amd64", "os": "linux",
+                      "rootfs": {"type": "layers", "diff_ids": [id0, sha256(b"wrong")]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": layout.MANIFEST,
+                           "config": layout.blob(cfg, layout.CONFIG), "layers": layers}).encode()
+    layout.tag(layout.blob(manifest, layout.MANIFEST), "bad")
+    ref = f"{registry.host}/pyrun-test/images-store-bad:1"
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{layout.path}:bad", f"docker://{ref}")
+    with pytest.raises(InvalidArgument, match=f"layer {layers[1]['digest']}: .*diffID mismatch"):
+        pull_image(db, "ns", ref, client=client(registry))
+    assert ImageStore(db, "ns").list() == [] and db.leases("ns").list() == []
+    collect(db)
+    assert committed(db) == set() and db.content.list() == []

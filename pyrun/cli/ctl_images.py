@@ -161,12 +161,12 @@ def _manifest_and_doc(images, image, platform=None):
 
 def _platforms(images, image):
     """The platforms an image offers: its index's entries, or its config's."""
-    from pyrun.images.store import read_json_blob
+    from pyrun.images.unpack import read_small
     from pyrun.registry.manifest import Index, normalize_platform, parse_manifest
 
     target = _target(image)
     try:
-        doc = parse_manifest(read_json_blob(images.content, target.digest, "manifest"),
+        doc = parse_manifest(read_small(images.content, target.digest, "manifest"),
                              target.media_type, f"image {image.name}")
         if isinstance(doc, Index):
             return sorted({str(normalize_platform(e.platform)) for e in doc.manifests
@@ -238,14 +238,14 @@ def images_tag(ctx):
 
 
 def images_inspect(ctx):
-    from pyrun.images.store import read_json_blob
+    from pyrun.images.unpack import read_small
     from pyrun.images.unpack import chain_ids
 
     images = _images(ctx)
     image = _lookup(images, ctx.args.ref)
     platform = _platform(ctx)
     mdesc, doc = _manifest_and_doc(images, image, platform)
-    config = json.loads(read_json_blob(images.content, doc.config.digest, "image config"))
+    config = json.loads(read_small(images.content, doc.config.digest, "image config"))
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     layers = [{**layer.to_dict(), "diffID": diff_id}
               for layer, diff_id in zip(doc.layers, diff_ids + [None] * len(doc.layers))]

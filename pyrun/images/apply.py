@@ -14,12 +14,15 @@ the root.  Final components are never followed (O_NOFOLLOW, AT_SYMLINK_NOFOLLOW,
 linkat(2) without AT_SYMLINK_FOLLOW).
 """
 import base64
+import collections
 import errno
+import io
 import logging
 import os
 import stat
 import tarfile
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -50,6 +53,13 @@ MAX_MINOR = (1 << 20) - 1     # 20-bit minor (MINORBITS)
 # Data is copied in blocks of this size; an all-zero block becomes a hole.
 _BLOCK = 64 * 1024
 _ZEROS = bytes(_BLOCK)
+# Regular files up to this size (bytes) are written by helper threads,
+# at most _WRITERS at a time and _IN_FLIGHT queued: creating a file costs
+# far more in the kernel than in Python, and creates in different
+# directories run in parallel.
+_SMALL_FILE = 1 << 20
+_WRITERS = 4
+_IN_FLIGHT = 64
 
 _IN_ROOT = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
 _PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -147,6 +157,13 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     missing target or a directory.  Machine errors (ENOSPC, EIO, ...) stay OSError, with the
     entry named.
 
+    Decompression and the diffID hash run in a helper thread, and regular
+    files up to 1 MiB are created and written by a few helper threads
+    (creating a file costs far more in the kernel than in Python); an
+    entry that comes back to a name still being written, and every
+    whiteout, hard link and removal, waits for them first, so the tree is
+    the one a one-by-one apply makes.
+
     A failed apply leaves ``root`` half-written.  Callers apply into a fresh
     active snapshot (snapshotter ``prepare``) and remove it on failure, so
     nothing half-applied is ever committed or seen by a container.
@@ -162,12 +179,16 @@ def apply_layer(stream, root, *, mode=OVERLAY, media_type=None, expected_diffid=
     reader, kind = compression.decompressed(raw, media_type)
     tar_stream = compression.DigestReader(reader, algorithm)
     applier = _Applier(root, mode, lower_dirs, max_entries, max_depth)
-    try:
-        applier.apply(tar_stream)
-    finally:
-        applier.close()
-    # The diffID covers the whole stream: end-of-archive blocks and padding.
-    tar_stream.drain()
+    # Decompression and the diffID hash run in a helper thread, on another
+    # core than the file writes.
+    with compression.ReadAhead(tar_stream) as ahead:
+        try:
+            applier.apply(ahead)
+        finally:
+            applier.close()
+        # The diffID covers the whole stream: end-of-archive blocks and padding.
+        while ahead.read(1 << 20):
+            pass
     if compute_digest:
         raw.drain()
     diffid = tar_stream.digest()
@@ -326,6 +347,59 @@ def _copy_fd(src, dst):
             view = view[os.write(dst, view):]
 
 
+def _file_meta(ti):
+    # What a regular file gets after its data: owner, mode, xattrs, times.
+    return ti.uid, ti.gid, ti.mode & 0o7777, list(_xattrs(ti)), _times(ti)
+
+
+def _write_file(pfd, base, src, regions, size, name, meta):
+    """Create ``base`` in the directory ``pfd`` from the data ``regions``
+    (offset, length) of ``src``; the rest of ``size`` bytes are holes."""
+    uid, gid, mode, xattrs, times = meta
+    fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=pfd)
+    try:
+        # A sparse entry lists its data regions; everything else is a hole.
+        written = 0
+        for offset, length in regions:
+            src.seek(offset)
+            written = _copy_region(src, fd, offset, length, name)
+        if written < size:  # a hole at the end
+            os.ftruncate(fd, size)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)  # after fchown, which clears setuid/setgid
+        _set_xattrs(fd, xattrs, name)  # after fchown, which drops security.capability
+        os.utime(fd, ns=times)
+    finally:
+        os.close(fd)
+
+
+def _write_task(dfd, base, data, name, meta):
+    # A writer thread's job: one small file whose bytes are in memory.
+    try:
+        _write_file(dfd, base, io.BytesIO(data), [(0, len(data))], len(data), name, meta)
+    except InvalidArgument:
+        raise
+    except OSError as e:
+        raise _entry_error(name, e) from e
+    finally:
+        os.close(dfd)
+
+
+def _copy_region(src, fd, offset, length, name):
+    # Returns the end of the data written: past it, the file is a hole.
+    pos, end, written = offset, offset + length, 0
+    while pos < end:
+        data = src.read(min(_BLOCK, end - pos))
+        if not data:
+            raise InvalidArgument(f"layer entry {name!r}: tar stream ends inside its data")
+        if data != _ZEROS[:len(data)]:
+            _pwrite_all(fd, data, pos)
+            written = pos + len(data)
+        pos += len(data)
+    return written
+
+
 def _pwrite_all(fd, data, offset):
     view = memoryview(data)
     while view:
@@ -349,6 +423,11 @@ class _Applier:
         self.dir_times = {}
         self._cache = {}
         self._retired = []
+        # Files handed to the writers: (dev, ino of the parent, name) while
+        # pending, and the futures in submission order.
+        self._pending = set()
+        self._writes = collections.deque()
+        self._writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="pyrun-apply")
         self.lower_fds = []
         self.root_fd = os.open(root, _PATH_DIR)
         self.root_path = os.readlink(_proc(self.root_fd))
@@ -361,6 +440,11 @@ class _Applier:
             raise
 
     def close(self):
+        # The writers finish before the fds close and before the caller
+        # may remove the tree; their errors no longer matter here.
+        for fut in self._writes:
+            fut.exception()
+        self._writers.shutdown()
         self._invalidate()
         self._close_retired()
         for fd in [self.root_fd, *self.lower_fds]:
@@ -412,6 +496,7 @@ class _Applier:
             finally:
                 self._close_retired()
             last = ti.name
+        self._drain()
         self._set_dir_times()
 
     def _entry(self, tf, ti):
@@ -421,6 +506,8 @@ class _Applier:
             return  # aufs metadata (.wh..wh.plnk, ...): not part of the tree
         self._check_header(ti)
         base = parts[-1] if parts else ""
+        if base.startswith(WHITEOUT_PREFIX) or not parts or ti.islnk():
+            self._drain()  # these look at and change whole trees
         if base == WHITEOUT_OPAQUE:
             self._opaque(parts[:-1], name)
         elif base.startswith(WHITEOUT_PREFIX):
@@ -433,6 +520,40 @@ class _Applier:
         else:
             self._create(tf, ti, parts)
             self._touch(parts)
+
+    # -- files written by the helper threads ------------------------------
+
+    def _drain(self):
+        """Wait for every file handed to the writers; raise the first error."""
+        while self._writes:
+            self._writes.popleft().result()
+        self._pending.clear()
+
+    def _slot(self, pfd, base):
+        st = os.fstat(pfd)
+        return st.st_dev, st.st_ino, base
+
+    def _settle(self, pfd, base):
+        # Before looking at a name: if a writer may still be creating it,
+        # wait, so that what follows sees what a sequential apply would.
+        if self._pending and self._slot(pfd, base) in self._pending:
+            self._drain()
+
+    def _write_later(self, tf, ti, pfd, base):
+        data = tf.extractfile(ti).raw.read(ti.size)
+        if len(data) < ti.size:
+            raise InvalidArgument(f"layer entry {ti.name!r}: tar stream ends inside its data")
+        meta = _file_meta(ti)
+        if len(self._writes) >= _IN_FLIGHT:
+            self._writes.popleft().result()
+        dfd = os.dup(pfd)
+        try:
+            fut = self._writers.submit(_write_task, dfd, base, data, ti.name, meta)
+        except BaseException:
+            os.close(dfd)
+            raise
+        self._writes.append(fut)
+        self._pending.add(self._slot(pfd, base))
 
     def _clean(self, path, name):
         # Lexical clean against "/": "..", "." and empty components go,
@@ -529,6 +650,7 @@ class _Applier:
         # The directory ``parts`` whose parent is open as ``pfd``: made if
         # missing, reached through a dangling symlink, or refused.
         base, path = parts[-1], "/".join(parts)
+        self._settle(pfd, base)
         st = _lstat(base, pfd)
         opaque = False
         if st is not None and self.overlay and _is_whiteout(st):
@@ -817,6 +939,7 @@ class _Applier:
     def _create(self, tf, ti, parts):
         name, base = ti.name, parts[-1]
         pfd = self._parent(parts[:-1], name)
+        self._settle(pfd, base)
         st = _lstat(base, pfd)
         if ti.isdir() and st is not None and stat.S_ISDIR(st.st_mode):
             fd = os.open(base, _READ_DIR, dir_fd=pfd)
@@ -830,6 +953,8 @@ class _Applier:
             # A directory in place of a whiteout, or of a file that hid the
             # lower directory: nothing of the lower one may show through.
             opaque = self.overlay and ti.isdir()
+            if stat.S_ISDIR(st.st_mode):
+                self._drain()  # pending files may lie below it
             self._remove(pfd, base, st)  # pfd stays valid: base is not on its path
         if ti.isdir():
             self._mkdir(pfd, base, name)
@@ -840,6 +965,8 @@ class _Applier:
                     os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
             finally:
                 os.close(fd)
+        elif ti.type in _REGULAR and ti.sparse is None and ti.size <= _SMALL_FILE:
+            self._write_later(tf, ti, pfd, base)
         elif ti.type in _REGULAR:
             self._regular(tf, ti, pfd, base)
         elif ti.issym():
@@ -860,37 +987,9 @@ class _Applier:
         os.utime(base, ns=_times(ti), dir_fd=pfd, follow_symlinks=False)
 
     def _regular(self, tf, ti, pfd, base):
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=pfd)
-        try:
-            src = tf.extractfile(ti).raw
-            # A sparse entry lists its data regions; everything else is a hole.
-            written = 0
-            for offset, length in ti.sparse if ti.sparse is not None else [(0, ti.size)]:
-                src.seek(offset)
-                written = self._copy_region(src, fd, offset, length, ti.name)
-            if written < ti.size:  # a hole at the end
-                os.ftruncate(fd, ti.size)
-            os.fchown(fd, ti.uid, ti.gid)
-            os.fchmod(fd, ti.mode & 0o7777)  # after fchown, which clears setuid/setgid
-            _set_xattrs(fd, _xattrs(ti), ti.name)  # after fchown, which drops security.capability
-            os.utime(fd, ns=_times(ti))
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _copy_region(src, fd, offset, length, name):
-        # Returns the end of the data written: past it, the file is a hole.
-        pos, end, written = offset, offset + length, 0
-        while pos < end:
-            data = src.read(min(_BLOCK, end - pos))
-            if not data:
-                raise InvalidArgument(f"layer entry {name!r}: tar stream ends inside its data")
-            if data != _ZEROS[:len(data)]:
-                _pwrite_all(fd, data, pos)
-                written = pos + len(data)
-            pos += len(data)
-        return written
+        regions = ti.sparse if ti.sparse is not None else [(0, ti.size)]
+        _write_file(pfd, base, tf.extractfile(ti).raw, regions, ti.size,
+                    ti.name, _file_meta(ti))
 
     def _hardlink(self, ti, parts):
         name, base = ti.name, parts[-1]

@@ -33,16 +33,16 @@ import stat
 import tarfile
 from datetime import timedelta
 
-from pyrun.content.digest import digester, parse_digest
+from pyrun.content.digest import digest_bytes, digester, parse_digest
 from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound, PyrunError
 from pyrun.fsutil import remove_tree
 from pyrun.images.compression import GZIP, UNCOMPRESSED, ZSTD, detect
-from pyrun.images.store import ImageStore, read_json_blob, resolve_manifest
-from pyrun.images.unpack import MAX_JSON, read_manifest
+from pyrun.images.store import ImageStore, resolve_manifest
+from pyrun.images.unpack import MAX_JSON, read_manifest, read_small
 from pyrun.registry.fetch import store_bytes
 from pyrun.registry.manifest import (DOCKER_MANIFEST, OCI_INDEX, Descriptor, Index, Manifest,
                                      children, gc_labels, parse_manifest, parse_platform,
-                                     platform_matches)
+                                     platform_matches, verify_digest)
 from pyrun.registry.reference import Reference, parse_reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -266,7 +266,7 @@ def _import_oci(src, store, base_name, index_name=None):
         if name:
             named.append((name, Descriptor(entry.media_type, entry.digest, entry.size)))
     if index_name:
-        desc = Descriptor(OCI_INDEX, _digest_of(data), len(data))
+        desc = Descriptor(OCI_INDEX, digest_bytes(data), len(data))
         store_bytes(store, desc, data, gc_labels(index), src.where)
         named.append((index_name, desc))
     return named
@@ -282,11 +282,10 @@ def _import_tree(src, store, desc, depth):
     name = _blob_name(desc.digest)
     data = _read_small(src, name)
     what = f"{src.where}: {name}"
-    dg = digester(parse_digest(desc.digest)[0])
-    dg.update(data)
-    if f"{parse_digest(desc.digest)[0]}:{dg.hexdigest()}" != desc.digest or len(data) != desc.size:
-        raise InvalidArgument(f"{what}: content does not match its descriptor "
-                              f"({desc.digest}, {desc.size} bytes)")
+    if len(data) != desc.size:
+        raise InvalidArgument(f"{what}: content does not match its descriptor: "
+                              f"{len(data)} bytes, expected {desc.size}")
+    verify_digest(data, desc.digest, f"{what}: content does not match its descriptor")
     doc = parse_manifest(data, desc.media_type, what)
     if isinstance(doc, Index):
         kept = [e for e in doc.manifests if src.exists(_blob_name(e.digest))]
@@ -329,14 +328,14 @@ def _import_docker(src, store):
                 or not all(isinstance(x, str) for x in e["Layers"]):
             raise InvalidArgument(f"{where}: needs Config (a path) and Layers (a list of paths)")
         config = _read_small(src, _member_name(e["Config"], src.where))
-        config_desc = Descriptor(DOCKER_CONFIG, _digest_of(config), len(config))
+        config_desc = Descriptor(DOCKER_CONFIG, digest_bytes(config), len(config))
         store_bytes(store, config_desc, config, None, src.where)
         layers = [_import_layer(src, _member_name(p, src.where), store) for p in e["Layers"]]
         manifest = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
                                "config": config_desc.to_dict(),
                                "layers": [d.to_dict() for d in layers]},
                               indent=3).encode()
-        desc = Descriptor(DOCKER_MANIFEST, _digest_of(manifest), len(manifest))
+        desc = Descriptor(DOCKER_MANIFEST, digest_bytes(manifest), len(manifest))
         store_bytes(store, desc, manifest, gc_labels(Manifest(DOCKER_MANIFEST, config_desc,
                                                               tuple(layers))), src.where)
         tags = e.get("RepoTags") or []
@@ -345,12 +344,6 @@ def _import_docker(src, store):
         for tag in tags:
             named.append((str(parse_reference(tag)), desc))
     return named
-
-
-def _digest_of(data):
-    dg = digester("sha256")
-    dg.update(data)
-    return f"sha256:{dg.hexdigest()}"
 
 
 def _import_layer(src, name, store):
@@ -487,7 +480,7 @@ def _oci_blobs(content, desc, out, depth=0, platform=None):
     else."""
     if depth > 4:
         raise InvalidArgument(f"{desc.digest}: indexes nested deeper than 4")
-    doc = parse_manifest(read_json_blob(content, desc.digest, "manifest"), desc.media_type,
+    doc = parse_manifest(read_small(content, desc.digest, "manifest"), desc.media_type,
                          f"manifest {desc.digest}")
     out[desc.digest] = desc
     if isinstance(doc, Index):

@@ -9,6 +9,9 @@ buffers more than one read: a layer of any size streams through.
 """
 import gzip
 import hashlib
+import io
+import queue
+import threading
 import zlib
 
 import zstandard
@@ -87,6 +90,73 @@ class DigestReader:
 
     def digest(self):
         return f"{self._algorithm}:{self._hash.hexdigest()}"
+
+
+class ReadAhead(io.RawIOBase):
+    """Reads ``fileobj`` in a helper thread, ``chunk`` bytes at a time and
+    at most ``depth`` chunks ahead of the consumer, so that decompression
+    and hashing (which release the GIL) run on another core while the
+    consumer writes files.  An exception in the helper is raised again by
+    the consumer's next read.  ``close()`` stops and joins the helper; use
+    it as a context manager.
+    """
+
+    def __init__(self, fileobj, chunk=1 << 20, depth=4):
+        super().__init__()
+        self._f = fileobj
+        self._chunk = chunk
+        self._queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._buf = memoryview(b"")
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="pyrun-readahead", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                data = self._f.read(self._chunk)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as e:  # handed to the consumer
+            self._put(e)
+
+    def _put(self, item):
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self.closed:
+            raise ValueError("read from a closed ReadAhead")
+        if not self._buf:
+            if self._eof:
+                return 0
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return 0
+            self._buf = memoryview(item)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self):
+        if not self.closed:
+            self._stop.set()
+            self._thread.join()
+        super().close()
 
 
 class _Prefixed:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound
-from pyrun.images.unpack import MAX_JSON, read_manifest, unpack
+from pyrun.images.unpack import read_manifest, read_small, unpack
 from pyrun.metadata import Image
 from pyrun.registry.manifest import (MAX_INDEX_DEPTH, Descriptor, Manifest, Platform, host_platform,
                                      normalize_platform, parse_manifest, parse_platform,
@@ -111,16 +111,6 @@ def parse_image_config(data, digest):
     )
 
 
-def read_json_blob(content, digest, what):
-    """The bytes of a small JSON blob (manifest, index, config), at most
-    ``MAX_JSON`` bytes; NotFound if ``content`` lacks it."""
-    with content.reader(digest) as r:
-        data = r.read(MAX_JSON + 1)
-    if len(data) > MAX_JSON:
-        raise InvalidArgument(f"{what} {digest} is larger than {MAX_JSON} bytes")
-    return data
-
-
 def resolve_manifest(content, target, platform=None):
     """The manifest :class:`Descriptor` for ``platform`` (a Platform or a
     string such as ``"linux/arm64"``; default the host's) reached from the
@@ -136,7 +126,7 @@ def resolve_manifest(content, target, platform=None):
     def walk(desc, depth):
         if depth > MAX_INDEX_DEPTH:
             raise InvalidArgument(f"{target.digest}: indexes nested deeper than {MAX_INDEX_DEPTH}")
-        data = read_json_blob(content, desc.digest, "manifest")
+        data = read_small(content, desc.digest, "manifest")
         doc = parse_manifest(data, desc.media_type, f"manifest {desc.digest}")
         if isinstance(doc, Manifest):
             return desc
@@ -212,7 +202,7 @@ class ImageStore:
         """The :class:`ImageConfig` of image ``name`` for ``platform``."""
         desc = self.manifest(name, platform)
         doc = read_manifest(self.content, desc)
-        data = read_json_blob(self.content, doc.config.digest, "image config")
+        data = read_small(self.content, doc.config.digest, "image config")
         return parse_image_config(data, doc.config.digest)
 
     def unpack(self, name, snapshotter, platform=None, lease=None):

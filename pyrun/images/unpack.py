@@ -47,7 +47,10 @@ def chain_ids(diff_ids):
     return out
 
 
-def _read_small(store, digest, what):
+def read_small(store, digest, what):
+    """The bytes of a small blob (manifest, index, config) of ``store``,
+    at most ``MAX_JSON``; InvalidArgument naming ``what`` if larger,
+    NotFound if absent."""
     with store.reader(digest) as r:
         data = r.read(MAX_JSON + 1)
     if len(data) > MAX_JSON:
@@ -61,7 +64,7 @@ def read_manifest(store, desc):
     (pick a platform's manifest first: ``registry.select_manifests``) or a
     malformed manifest; NotFound if the store lacks it."""
     what = f"manifest {desc.digest}"
-    doc = parse_manifest(_read_small(store, desc.digest, what), desc.media_type, what)
+    doc = parse_manifest(read_small(store, desc.digest, what), desc.media_type, what)
     if not isinstance(doc, Manifest):
         raise InvalidArgument(f"cannot unpack {what}: it is an index ({doc.media_type}); "
                               "pick a platform's manifest first")
@@ -74,7 +77,7 @@ def read_diff_ids(store, config):
     is not ``{"type": "layers", "diff_ids": [...]}``."""
     what = f"image config {config.digest}"
     try:
-        doc = json.loads(_read_small(store, config.digest, what))
+        doc = json.loads(read_small(store, config.digest, what))
     except ValueError as e:
         raise InvalidArgument(f"{what} is not JSON: {e}") from None
     rootfs = doc.get("rootfs") if isinstance(doc, dict) else None
