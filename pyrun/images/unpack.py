@@ -24,7 +24,6 @@ import tempfile
 from dataclasses import replace
 
 from pyrun.errdefs import AlreadyExists, InvalidArgument, NotFound
-from pyrun.images.apply import NATIVE, OVERLAY, apply_layer
 from pyrun.mount import mount_all, overlay_dirs, unmount_all
 from pyrun.registry.manifest import Manifest, parse_manifest
 
@@ -101,6 +100,10 @@ def apply_to_mounts(mounts, stream, *, tmp_dir=None, **kw):
     ``kw`` goes to :func:`~pyrun.images.apply.apply_layer`; returns its
     :class:`~pyrun.images.apply.AppliedLayer`.
     """
+    # Imported here: the applier (tarfile, threads) is not needed to read
+    # an image's config or to run a container from an unpacked image.
+    from pyrun.images.apply import NATIVE, OVERLAY, apply_layer
+
     if len(mounts) == 1 and mounts[0].type == "overlay":
         upper, lowers = overlay_dirs(mounts[0])
         if upper is not None:

@@ -65,8 +65,13 @@ class Service:
         images = ImageStore(self.db, self.ns)
         image = self._image_name(images, image)
         config = images.config(image, platform)
-        chain = images.unpack(image, snapshotter, platform)
         sn = self.db.snapshotter(self.ns, snapshotter)
+        from pyrun.images.unpack import chain_ids
+        chain = chain_ids(config.diff_ids)[-1] if config.diff_ids else ""
+        try:
+            sn.stat(chain)  # unpacked already: no need to load the unpacker
+        except NotFound:
+            chain = images.unpack(image, snapshotter, platform)
         bundle = self.bundle(cid)
         rootfs = os.path.join(bundle, "rootfs")
         made = []
