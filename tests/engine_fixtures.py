@@ -7,6 +7,7 @@ containerd-shim-runc-v2 and conmon actually call, and goes into assertion
 messages.  Containers' cgroups go below a ``/pyrun-test-...`` parent
 (ctr ``--cgroup``, podman ``--cgroup-parent``) that the fixtures remove.
 """
+import contextlib
 import os
 import signal
 import subprocess
@@ -124,9 +125,16 @@ def _stop(proc, timeout=20):
 
 @pytest.fixture(scope="module")
 def containerd(tmp_path_factory, busybox_archive):
+    """The containerd engine described at ``containerd_engine``."""
+    with containerd_engine(str(tmp_path_factory.mktemp("containerd")), busybox_archive) as ctr:
+        yield ctr
+
+
+@contextlib.contextmanager
+def containerd_engine(workdir, busybox_archive):
     """A containerd with its own root, state, opt dir and sockets; the
-    busybox image imported.  ``ctr(...)`` runs ctr against it."""
-    workdir = str(tmp_path_factory.mktemp("containerd"))
+    busybox image imported.  ``ctr(...)`` runs ctr against it.
+    ``workdir``: an existing, empty dir, removed on exit."""
     sock = os.path.join(workdir, "containerd.sock")
     config = os.path.join(workdir, "config.toml")
     with open(config, "w") as f:
@@ -169,13 +177,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory, busybox_archive):
+    """The podman engine described at ``podman_engine``."""
+    with podman_engine(str(tmp_path_factory.mktemp("podman")), busybox_archive) as pm:
+        yield pm
+
+
+@contextlib.contextmanager
+def podman_engine(workdir, busybox_archive):
     """podman with containers.conf, storage.conf and registries.conf of
     its own (CONTAINERS_CONF, ...): vfs storage, file events and file
     locks in the temp dir, cgroupfs, no network, and the ulimits this host
     allows (CAP_SYS_RESOURCE is missing here).  The busybox image loaded.
     The runtime's state is pyrun's default --root: podman's exit command
-    (``podman container cleanup``) does not pass --runtime-flag on."""
-    workdir = str(tmp_path_factory.mktemp("podman"))
+    (``podman container cleanup``) does not pass --runtime-flag on.
+    ``workdir``: an existing, empty dir, removed on exit."""
     files = {
         "containers.conf": f'''[containers]
 default_ulimits = ["nofile=1024:20000", "nproc=32768:32768"]
