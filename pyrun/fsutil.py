@@ -103,14 +103,17 @@ def _clear_dir(dfd, dev, where):
             os.unlink(entry.name, dir_fd=dfd)
 
 
-def atomic_write(path, data, mode=0o600):
-    """Write ``data`` (bytes) to ``path`` atomically: temp file, fsync, rename."""
+def atomic_write(path, data, mode=0o600, durable=True):
+    """Write ``data`` (bytes) to ``path`` atomically: temp file, fsync, rename.
+    ``durable=False`` skips the fsync, for state that does not outlive a
+    reboot anyway (readers still never see a partial file)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)
