@@ -13,7 +13,7 @@ def new_parent_name():
 
 
 def pure_v2():
-    """True on a pure cgroup v2 host (the scripts/vm-cgroup-v2 guest)."""
+    """True on a pure cgroup v2 host (the vagrant/run-in-qemu guest)."""
     from pyrun.cgroups import detect
     try:
         return detect() == "v2"

@@ -1,7 +1,7 @@
 """The cgroup managers on a pure cgroup v2 host with real controllers.
 
 This host is hybrid, so these run in a qemu guest booted with
-cgroup_no_v1=all: ``scripts/vm-cgroup-v2`` (marked ``vm``, which CI skips).
+cgroup_no_v1=all: ``vagrant/run-in-qemu`` (marked ``vm``, which CI skips).
 The guest is ours; its root group passes every controller down.
 """
 import os
@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.vm,
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0 or not _is_v2(),
-                       reason="needs root on a pure cgroup v2 host (scripts/vm-cgroup-v2)"),
+                       reason="needs root on a pure cgroup v2 host (vagrant/run-in-qemu)"),
 ]
 
 

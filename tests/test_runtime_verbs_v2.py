@@ -2,8 +2,8 @@
 host: cgroup.freeze, memory.max/pids.max and memory.events (POLLPRI).
 
 This host is hybrid (the container's memory and freezer are v1 there), so
-these run in the qemu guest of ``scripts/vm-cgroup-v2`` (marked ``vm``):
-``scripts/vm-cgroup-v2 -m vm tests/test_runtime_verbs_v2.py``.  The guest
+these run in the qemu guest of ``vagrant/run-in-qemu`` (marked ``vm``):
+``vagrant/run-in-qemu -m vm tests/test_runtime_verbs_v2.py``.  The guest
 has no busybox, so the "container" is a plain process put in its groups
 and given a saved state, and the verbs are called as library functions.
 """
@@ -31,7 +31,7 @@ pytestmark = [
     pytest.mark.vm,
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0 or not pure_v2(), reason="needs root on a pure "
-                       "cgroup v2 host: scripts/vm-cgroup-v2 tests/test_runtime_verbs_v2.py"),
+                       "cgroup v2 host: vagrant/run-in-qemu tests/test_runtime_verbs_v2.py"),
 ]
 
 
