@@ -124,18 +124,8 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             st.traced = True
         fifo_fd = planner.high_fd(os.open(fifo, os.O_RDWR | os.O_CLOEXEC), low)
         fds.append(fifo_fd)
-        if console_socket is not None:
-            import _socket
-            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            try:
-                s.connect(console_socket)
-            except OSError as e:
-                s.close()
-                raise InvalidArgument(f"--console-socket {console_socket}: {e.strerror}") from None
-            console_fd = planner.high_fd(s.detach(), low)
-            fds.append(console_fd)
-        elif console_fd is not None:
-            console_fd = planner.high_fd(os.dup(console_fd), low)
+        console_fd = planner.console_fd_for(console_socket, console_fd, low)
+        if console_fd is not None:
             fds.append(console_fd)
         if cgroup_manager is not None:
             cgroup_manager.create()

@@ -110,20 +110,9 @@ def exec_process(store, cid, process, *, console_socket=None, console_fd=None, p
             plan.add(lib.PR_OP_SYNC, "wait to be placed in the container's cgroup", "namespaces",
                      n1=planner.SYNC_CGROUP)
         if process.terminal:
-            if console_socket is not None:
-                import _socket
-                s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                try:
-                    s.connect(console_socket)
-                except OSError as e:
-                    s.close()
-                    raise InvalidArgument(f"--console-socket {console_socket}: {e.strerror}") from None
-                console_fd = s.detach()
-            elif console_fd is not None:
-                console_fd = os.dup(console_fd)
-            else:
+            console_fd = planner.console_fd_for(console_socket, console_fd, low)
+            if console_fd is None:
                 raise InvalidArgument("exec: a terminal needs --console-socket (or the foreground)")
-            console_fd = planner.high_fd(console_fd, low)
             fds.append(console_fd)
             rows, cols = process.console_size or (0, 0)
             plan.add(lib.PR_OP_CONSOLE, "create the pty and send its master to the console socket",

@@ -115,6 +115,25 @@ def move_stdio(stdio, low, opened):
     return tuple(moved)
 
 
+def console_fd_for(console_socket, console_fd, low):
+    """The fd the child stage sends the pty master on, moved to >= ``low``:
+    a new connection to the unix socket at ``console_socket`` (runc's
+    --console-socket), else a dup of an already connected ``console_fd``,
+    else None.  Raises InvalidArgument naming the socket."""
+    if console_socket is not None:
+        import _socket
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            s.connect(console_socket)
+        except OSError as e:
+            s.close()
+            raise InvalidArgument(f"--console-socket {console_socket}: {e.strerror}") from None
+        return high_fd(s.detach(), low)
+    if console_fd is not None:
+        return high_fd(os.dup(console_fd), low)
+    return None
+
+
 def _cap_mask(names):
     mask = 0
     for n in names:
