@@ -87,11 +87,88 @@ def compile_filter(raw):
     key = json.dumps(raw, sort_keys=True)
     hit = _cache.get(key)
     if hit is None:
-        hit = _compile(raw)
+        hit = _disk_load(key)
+        if hit is None:
+            hit = _compile(raw)
+            _disk_store(key, hit)
         if len(_cache) >= _CACHE_MAX:
             _cache.clear()
         _cache[key] = hit
     return hit
+
+
+# Compiled filters also outlive the process (each pyrun and pyrunctl call
+# is one), in a directory only root can write, keyed by the profile and by
+# the libseccomp that compiled it.
+DISK_CACHE = "/run/pyrun/seccomp-cache"
+_DISK_MAX = 64
+
+
+def _libseccomp_id():
+    """Which libseccomp is loaded: its path, size and mtime (an upgrade
+    changes the key)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                if "libseccomp" in line:
+                    path = line.split()[-1]
+                    st = os.stat(path)
+                    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        pass
+    return None
+
+
+def _disk_path(key):
+    import hashlib
+    lib_id = _libseccomp_id()
+    if lib_id is None:
+        return None
+    try:
+        st = os.stat(DISK_CACHE)
+    except FileNotFoundError:
+        try:
+            os.makedirs(DISK_CACHE, 0o700)
+            st = os.stat(DISK_CACHE)
+        except OSError:
+            return None
+    except OSError:
+        return None
+    if st.st_uid != 0 or st.st_mode & 0o077:
+        return None  # not ours alone: never trust what it holds
+    digest = hashlib.sha256(f"{lib_id}\n{key}".encode()).hexdigest()
+    return os.path.join(DISK_CACHE, digest)
+
+
+def _disk_load(key):
+    path = _disk_path(key)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if len(data) < 4 or (len(data) - 4) % 8:
+        return None
+    flags = int.from_bytes(data[:4], "little")
+    bpf = data[4:]
+    return bpf, len(bpf) // 8, flags
+
+
+def _disk_store(key, value):
+    path = _disk_path(key)
+    if path is None:
+        return
+    from pyrun.fsutil import atomic_write
+    bpf, _, flags = value
+    try:
+        if len(os.listdir(DISK_CACHE)) >= _DISK_MAX:
+            for name in os.listdir(DISK_CACHE):
+                os.unlink(os.path.join(DISK_CACHE, name))
+        atomic_write(path, flags.to_bytes(4, "little") + bpf, 0o600, durable=False)
+    except OSError:
+        pass
 
 
 def _compile(raw):

@@ -156,3 +156,21 @@ def test_seccomp_bad_input(pyrun, tmp_path, busybox_rootfs):
             linux_seccomp={"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x.sock"})
     assert r.returncode == 1 and "listenerPath" in r.stderr
     assert pyrun("list", "-q").stdout.split() == []
+
+
+def test_seccomp_filters_cached_across_processes():
+    """A compiled filter is kept in root's cache dir, keyed by the profile
+    (and the loaded libseccomp), so the next pyrun process skips libseccomp."""
+    import random
+    from pyrun import seccomp
+
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                             "errnoRet": random.randrange(1, 4000)}]}
+    first = seccomp.compile_filter(profile)
+    seccomp._cache.clear()
+    import json
+    assert seccomp._disk_load(json.dumps(profile, sort_keys=True)) == first
+    assert seccomp.compile_filter(profile) == first
+    st = os.stat(seccomp.DISK_CACHE)
+    assert st.st_uid == 0 and not st.st_mode & 0o077

@@ -8,6 +8,7 @@ and exit status 1, as ctr does.
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 
 from pyrun import __version__
 from pyrun.errdefs import PyrunError
@@ -27,11 +28,8 @@ class Context:
     def db(self):
         if self._db is None:
             from pyrun.metadata import DB
-            from pyrun.snapshots import registry
-            root = self.args.root
-            snapshotters = {name: registry.new(name, os.path.join(root, "snapshots", name))
-                            for name in registry.BUILTINS}
-            self._db = DB(root, snapshotters)
+            self._snapshotters = _Snapshotters(self.args.root)
+            self._db = DB(self.args.root, self._snapshotters)
         return self._db
 
     def snapshotter(self):
@@ -40,8 +38,36 @@ class Context:
     def close(self):
         if self._db is not None:
             self._db.close()
-            for sn in self._db.snapshotters.values():
-                sn.close()
+            self._snapshotters.close()
+
+
+class _Snapshotters(Mapping):
+    """Every built-in snapshotter under ``<root>/snapshots/<name>``, each
+    opened on first use: a command that touches one opens one database
+    (GC, which walks them all, opens them all)."""
+
+    def __init__(self, root):
+        from pyrun.snapshots import registry
+        self._registry = registry
+        self._root = root
+        self._open = {}
+
+    def __getitem__(self, name):
+        if name not in self._registry.BUILTINS:
+            raise KeyError(name)
+        if name not in self._open:
+            self._open[name] = self._registry.new(name, os.path.join(self._root, "snapshots", name))
+        return self._open[name]
+
+    def __iter__(self):
+        return iter(self._registry.BUILTINS)
+
+    def __len__(self):
+        return len(self._registry.BUILTINS)
+
+    def close(self):
+        for sn in self._open.values():
+            sn.close()
 
 
 def table(rows):

@@ -102,7 +102,9 @@ class DB:
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
         self.content = ContentStore(self.root)
-        self.snapshotters = dict(snapshotters or {})
+        # Kept as given (not copied): a mapping that opens backends on first
+        # use (pyrunctl's) stays lazy.
+        self.snapshotters = snapshotters if snapshotters is not None else {}
         self._lock = threading.RLock()
         self._depth = 0
         from pyrun.metadata.snapshots import recover
