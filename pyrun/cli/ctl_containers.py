@@ -7,7 +7,7 @@ import sys
 
 from pyrun.cli.ctl import table
 from pyrun.cli.ctl_storage import _fmt_labels, _labels
-from pyrun.errdefs import InvalidArgument, NotImplementedYet
+from pyrun.errdefs import InvalidArgument
 
 
 def _service(ctx):
@@ -232,8 +232,30 @@ def tasks_logs(ctx):
 
 
 def tasks_attach(ctx):
-    raise NotImplementedYet("tasks attach: not supported yet; detached tasks write their output "
-                            "to `pyrunctl tasks logs`")
+    """Follow a detached task's output (stdout and stderr, from its log)
+    until it stops; exits with its status.  Its stdin stays /dev/null: a
+    detached task has no terminal or stdin to attach to."""
+    import time
+    svc = _service(ctx)
+    svc.get(ctx.args.id)
+    out = sys.stdout.buffer
+    pos = 0
+    while True:
+        status = svc.task_status(ctx.args.id)
+        try:
+            with open(svc.log_path(ctx.args.id), "rb") as f:
+                f.seek(pos)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            out.write(data)
+            out.flush()
+            pos += len(data)
+        if status["status"] in ("stopped", "none"):
+            code = svc.wait(ctx.args.id)
+            return code if isinstance(code, int) else 0
+        time.sleep(0.1)
 
 
 def images_from_dir(ctx):

@@ -169,7 +169,7 @@ COMMANDS.update({
     ("tasks", "metrics"): ("a task's cgroup statistics as JSON", [("id", True)], []),
     ("tasks", "wait"): ("wait for a task to stop; exit with its status", [("id", True)], []),
     ("tasks", "logs"): ("print a detached task's output", [("id", True)], []),
-    ("tasks", "attach"): ("attach to a detached task's stdio (not supported yet)",
+    ("tasks", "attach"): ("follow a detached task's output until it stops (stdin: none)",
                           [("id", True)], []),
 })
 HANDLERS.update({"run": "pyrun.cli.ctl_containers", "containers": "pyrun.cli.ctl_containers",

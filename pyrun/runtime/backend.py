@@ -85,20 +85,25 @@ class Binary:
         self.name = os.path.basename(path)
         self.root = root
 
-    def _run(self, *args, stdio=None, capture=True, pass_fds=()):
-        cmd = [self.path, "--root", self.root, *args]
-        kw = {}
-        if stdio is not None:
-            kw = dict(stdin=stdio[0], stdout=stdio[1], stderr=subprocess.PIPE)
-        elif capture:
-            kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        r = subprocess.run(cmd, pass_fds=pass_fds, **kw)
-        if r.returncode != 0:
-            err = (r.stderr or b"").decode(errors="replace").strip()
-            if "does not exist" in err or "not found" in err.lower():
-                raise NotFound(f"{self.name} {args[0]}: {err}")
-            raise FailedPrecondition(f"{self.name} {args[0]} failed (exit {r.returncode}): {err}")
-        return (r.stdout or b"").decode(errors="replace")
+    def _run(self, *args, stdio=None):
+        """Run ``RUNTIME --root ROOT ARGS``.  With ``stdio`` (create, exec)
+        the container inherits those fds, so errors are read from a
+        ``--log`` file rather than a pipe the container would hold open."""
+        import tempfile
+        with tempfile.NamedTemporaryFile(prefix="pyrun-runtime-log-") as log:
+            cmd = [self.path, "--root", self.root, "--log", log.name, *args]
+            if stdio is not None:
+                r = subprocess.run(cmd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+            else:
+                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+            if r.returncode == 0:
+                return (r.stdout or b"").decode(errors="replace")
+            err = ((r.stderr or b"") + log.read()).decode(errors="replace").strip()
+        lowered = err.lower()
+        if any(m in lowered for m in ("does not exist", "not found", "no such file")):
+            raise NotFound(f"{self.name} {args[0]}: {err}")
+        raise FailedPrecondition(f"{self.name} {args[0]} failed (exit {r.returncode}): {err}")
 
     def create(self, cid, bundle, stdio=None, console_fd=None):
         if console_fd is not None:
