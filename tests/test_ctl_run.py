@@ -179,6 +179,7 @@ def test_bad_input(ctl, tmp_path):
         (("run", "--rm", "--runtime", "/no/runtime", "busybox", "b1", "true"), "no such executable"),
         (("run", "--rm", "busybox", "b1", "/no/such/program"), "No such file"),
         (("run", "--rm", "--memory", "lots", "busybox", "b1", "true"), "--memory"),
+        (("run", "--rm", "--platform", "linux/arm64", "busybox", "b1", "true"), "not linux/arm64"),
     ]
     for args, message in cases:
         r = ctl(*args, check=False)

@@ -65,6 +65,12 @@ class Service:
         images = ImageStore(self.db, self.ns)
         image = self._image_name(images, image)
         config = images.config(image, platform)
+        from pyrun.registry.manifest import host_platform, parse_platform, platform_matches
+        want = parse_platform(platform) if platform else host_platform()
+        if not platform_matches(want, config.platform):
+            raise InvalidArgument(f"image {image!r} is for {config.platform}, not {want}: it "
+                                  "cannot run here" + ("" if platform else
+                                                       " (this host's platform)"))
         sn = self.db.snapshotter(self.ns, snapshotter)
         from pyrun.images.unpack import chain_ids
         chain = chain_ids(config.diff_ids)[-1] if config.diff_ids else ""
