@@ -190,3 +190,15 @@ def test_bad_input(ctl, tmp_path):
     assert r.returncode == 1 and "already exists" in r.stderr
     ctl("containers", "rm", "dup")
     assert mounts_under(ctl.state) == []
+
+
+def test_tty_and_native_snapshotter(ctl):
+    """``-t`` gives the process a terminal (pyrunctl itself on a pty, as a
+    user's shell is); ``--snapshotter native`` runs from a copied rootfs."""
+    cmd = (f"{PYRUNCTL} --root {ctl.root} --state {ctl.state} run -t --rm busybox tt1 "
+           "sh -c 'tty; exit 3'")
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, timeout=60)
+    assert r.returncode == 3
+    assert b"/dev/pts/0" in r.stdout
+    r = ctl("--snapshotter", "native", "run", "--rm", "busybox", "nt1", "sh", "-c", "echo native")
+    assert r.stdout == "native\n"
