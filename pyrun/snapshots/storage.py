@@ -82,6 +82,22 @@ class Snapshot:
         self.id, self.key, self.kind, self.parents = id, key, Kind(kind), parents
 
 
+def _retry_locked(conn, sql):
+    """Run ``sql``, retrying while another process holds the database:
+    switching a new database to WAL fails at once with "database is
+    locked" (sqlite's busy timeout does not cover it) when several
+    processes open the same new root together."""
+    import time
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return conn.execute(sql)
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class MetaStore:
     """The metadata database at ``path``.  Safe to share between threads
     (one connection per thread) and processes (sqlite's locking)."""
@@ -109,7 +125,7 @@ class MetaStore:
                 raise FailedPrecondition(f"{self.path}: the snapshotter is closed")
             c = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                 check_same_thread=False)
-            c.execute("PRAGMA journal_mode=WAL")
+            _retry_locked(c, "PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a killed process; a power cut may
             # lose the last transactions, which leaves orphan dirs that
             # cleanup() removes, never a row without its dir.
