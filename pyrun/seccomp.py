@@ -100,7 +100,7 @@ def compile_filter(raw):
 # Compiled filters also outlive the process (each pyrun and pyrunctl call
 # is one), in a directory only root can write, keyed by the profile and by
 # the libseccomp that compiled it.
-DISK_CACHE = "/run/pyrun/seccomp-cache"
+DISK_CACHE = "/run/pyrun-seccomp-cache"
 _DISK_MAX = 64
 
 

@@ -10,7 +10,8 @@ GLOBAL = [
     Flag(("--namespace", "-n"), "tenant namespace (env PYRUN_NAMESPACE)", True,
          os.environ.get("PYRUN_NAMESPACE") or "default"),
     Flag(("--root",), "where images, content, snapshots and metadata live", True, "/var/lib/pyrun"),
-    Flag(("--state",), "runtime state of containers", True, "/run/pyrun"),
+    Flag(("--state",), "runtime state of containers (apart from pyrun's own --root, "
+         "/run/pyrun, so that `pyrun list` shows only containers)", True, "/run/pyrunctl"),
     Flag(("--snapshotter",), "overlayfs or native", True, "overlayfs"),
     Flag(("--help", "-h"), "show help"),
     Flag(("--version", "-v"), "print the version"),

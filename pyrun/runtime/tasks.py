@@ -25,7 +25,7 @@ class Service:
     """Containers and tasks of one tenant ``namespace`` (``db``: a
     :class:`pyrun.metadata.DB`; ``state``: the runtime state root)."""
 
-    def __init__(self, db, namespace, state="/run/pyrun"):
+    def __init__(self, db, namespace, state="/run/pyrunctl"):
         self.db = db
         self.ns = namespace
         self.state = os.path.abspath(state)
