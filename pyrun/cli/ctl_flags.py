@@ -13,6 +13,10 @@ GLOBAL = [
     Flag(("--state",), "runtime state of containers (apart from pyrun's own --root, "
          "/run/pyrun, so that `pyrun list` shows only containers)", True, "/run/pyrunctl"),
     Flag(("--snapshotter",), "overlayfs or native", True, "overlayfs"),
+    Flag(("--cni-conf-dir",), "where `run --net cni:NAME` finds the conflist NAME",
+         True, "/etc/cni/net.d"),
+    Flag(("--cni-host-netns",), "run CNI plugins in this network namespace (name or path; "
+         "default: pyrunctl's own)", True, None),
     Flag(("--help", "-h"), "show help"),
     Flag(("--version", "-v"), "print the version"),
 ]
@@ -122,7 +126,7 @@ _RUN_FLAGS = [
     Flag(("--mount",), "type=bind,src=PATH,dst=PATH,options=ro:rbind (repeatable)",
          multiple=True, default=[]),
     Flag(("--read-only",), "a read-only root filesystem"),
-    Flag(("--net",), "host or none", True, "none"),
+    Flag(("--net",), "host, none, or cni:NETWORK (a conflist in --cni-conf-dir)", True, "none"),
     Flag(("--memory",), "memory limit (bytes, or 64m, 1g)", True, None),
     Flag(("--cpus",), "CPU limit, e.g. 0.5", True, None, float),
     Flag(("--pids-limit",), "maximum number of processes", True, None, int),
@@ -186,3 +190,41 @@ COMMANDS.update({
                                    multiple=True, default=[])]),
 })
 HANDLERS["images from-dir"] = "pyrun.cli.ctl_containers"
+
+# ---- network namespaces, links, addresses, routes (pyrun/cli/ctl_network.py) ----
+_NETNS = Flag(("--netns",), "act in this network namespace (a name from `netns ls`, or a path)",
+              True, None)
+_MTU = Flag(("--mtu",), "MTU in bytes", True, None, int)
+_DEV = Flag(("--dev",), "the interface", True, None)
+_ROUTE = [Flag(("--via",), "gateway address", True, None), _DEV,
+          Flag(("--metric",), "route priority", True, None, int), _NETNS]
+COMMANDS.update({
+    ("netns", "add"): ("create and pin a network namespace (/run/pyrun/netns/NAME)",
+                       [("name", True)], []),
+    ("netns", "ls"): ("list pinned network namespaces", [], []),
+    ("netns", "rm"): ("unpin network namespaces", [("names", "rest")], []),
+    ("network", "veth", "add"): ("create a veth pair HOST <-> PEER",
+                                 [("host", True), ("peer", True)],
+                                 [_NETNS, Flag(("--peer-netns",), "put PEER in this namespace",
+                                               True, None), _MTU]),
+    ("network", "bridge", "add"): ("create a bridge", [("name", True)], [_NETNS, _MTU]),
+    ("network", "bridge", "attach"): ("make PORT a port of BRIDGE",
+                                      [("bridge", True), ("port", True)], [_NETNS]),
+    ("network", "bridge", "detach"): ("take PORT off its bridge", [("port", True)], [_NETNS]),
+    ("network", "link", "set"): ("change an interface", [("ifname", True)],
+                                 [Flag(("--up",), "bring it up"), Flag(("--down",), "take it down"),
+                                  _MTU, Flag(("--mac",), "MAC address aa:bb:cc:dd:ee:ff", True, None),
+                                  Flag(("--name",), "rename it", True, None),
+                                  Flag(("--to-netns",), "move it to this namespace", True, None),
+                                  _NETNS]),
+    ("network", "link", "rm"): ("delete interfaces", [("names", "rest")], [_NETNS]),
+    ("network", "link", "ls"): ("list interfaces", [], [_NETNS]),
+    ("network", "addr", "add"): ("add an address (CIDR) to --dev", [("cidr", True)], [_DEV, _NETNS]),
+    ("network", "addr", "rm"): ("remove an address (CIDR) from --dev", [("cidr", True)],
+                                [_DEV, _NETNS]),
+    ("network", "addr", "ls"): ("list addresses", [], [_DEV, _NETNS]),
+    ("network", "route", "add"): ("add a route to DST (CIDR or default)", [("dst", True)], _ROUTE),
+    ("network", "route", "rm"): ("remove a route to DST (CIDR or default)", [("dst", True)], _ROUTE),
+    ("network", "route", "ls"): ("list the main table's routes", [], [_NETNS]),
+})
+HANDLERS.update({"netns": "pyrun.cli.ctl_network", "network": "pyrun.cli.ctl_network"})
