@@ -12,7 +12,19 @@ from pyrun.errdefs import InvalidArgument
 
 def _service(ctx):
     from pyrun.runtime.tasks import Service
-    return Service(ctx.db, ctx.namespace, ctx.args.state)
+    return Service(ctx.db, ctx.namespace, ctx.args.state, cni=_cni_settings(ctx.args))
+
+
+def _cni_settings(args):
+    """CNI settings from the global flags; the results cache is
+    ``<root>/cni``."""
+    from pyrun.runtime.cninet import Settings
+    host = None
+    if args.cni_host_netns:
+        from pyrun.cli.ctl_network import netns_path
+        host = netns_path(args.cni_host_netns)
+    return Settings(conf_dir=args.cni_conf_dir, cache_dir=os.path.join(args.root, "cni"),
+                    host_netns=host)
 
 
 def _mount_spec(text):

@@ -156,7 +156,9 @@ def image_spec(cid, namespace, config, rootfs, *, args=None, env=(), cwd=None, u
     ImageConfig`).  ``args`` replace the image's Cmd (ctr: the args after
     the id).  ``memory`` in bytes, ``cpus`` a float of CPUs (quota over a
     100000 µs period), ``pids_limit`` a count.  ``net``: "none" (a new
-    network namespace with only lo) or "host".  ``mounts``: runtime-spec
+    network namespace with only lo), "host", or "cni:<network>" (a new
+    namespace, which the caller attaches to the CNI network; see
+    :func:`cni_network`).  ``mounts``: runtime-spec
     mount dicts added after the defaults.  ``etc_dir``: a directory holding
     ``hosts``, ``resolv.conf`` and ``hostname`` to bind into /etc (written
     here).  Raises InvalidArgument for a container with nothing to run or a
@@ -185,10 +187,10 @@ def image_spec(cid, namespace, config, rootfs, *, args=None, env=(), cwd=None, u
     caps = [c for c in caps if c in _available_caps()]
 
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    if net == "none":
+    if net == "none" or cni_network(net):
         namespaces.append({"type": "network"})
     elif net != "host":
-        raise InvalidArgument(f"--net {net!r}: use host or none")
+        raise InvalidArgument(f"--net {net!r}: use host, none or cni:<network>")
     mount_list = default_mounts()
     if net == "host":
         mount_list = [m for m in mount_list if m["destination"] != "/sys"] + [
@@ -257,6 +259,20 @@ def _available_caps():
     return set(CAPABILITIES)
 
 
+def cni_network(net):
+    """The network name of ``net`` = "cni:<network>" (None for anything
+    else).  Raises InvalidArgument for "cni:" with an empty or bad name
+    (CNI names: letters, digits, ``_.-``, not starting with a symbol)."""
+    if not isinstance(net, str) or not net.startswith("cni:"):
+        return None
+    from pyrun.network.cni.config import NAME
+    name = net[4:]
+    if not NAME.match(name):
+        raise InvalidArgument(f"--net {net!r}: want cni:<network>, the network name being "
+                              "letters, digits and _.- (not starting with a symbol)")
+    return name
+
+
 def _etc_files(etc_dir, hostname, net):
     """Write /etc/hosts, /etc/resolv.conf and /etc/hostname for the
     container into ``etc_dir`` and return their bind mounts (as Docker and
@@ -264,7 +280,7 @@ def _etc_files(etc_dir, hostname, net):
     os.makedirs(etc_dir, exist_ok=True)
     hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
              f"127.0.1.1\t{hostname}\n")
-    if net == "host":
+    if net == "host" or cni_network(net):
         try:
             with open("/etc/resolv.conf") as f:
                 resolv = f.read()

@@ -43,10 +43,13 @@ def exit_status(task_dir):
         return None
 
 
-def start_detached(backend, cid, bundle, task_dir, log_path, stdin_path="/dev/null"):
+def start_detached(backend, cid, bundle, task_dir, log_path, stdin_path="/dev/null",
+                   on_created=None):
     """Create and start ``cid`` from ``bundle`` on ``backend`` (see
     :mod:`pyrun.runtime.backend`) under a monitor process.  Returns the
-    init's pid.  Raises FailedPrecondition with the create/start error if
+    init's pid.  ``on_created(pid)`` runs in the monitor between create and
+    start (it must not use the caller's open files or database); what it
+    raises deletes the container and is reported here.  Raises FailedPrecondition with the create/start error if
     the container could not start (nothing is left running)."""
     try:
         os.unlink(os.path.join(task_dir, EXIT_FILE))
@@ -58,7 +61,7 @@ def start_detached(backend, cid, bundle, task_dir, log_path, stdin_path="/dev/nu
         code = 1
         try:
             os.close(r)
-            code = _monitor(backend, cid, bundle, task_dir, log_path, stdin_path, w)
+            code = _monitor(backend, cid, bundle, task_dir, log_path, stdin_path, w, on_created)
         except BaseException as e:  # report to the caller, never return into its code
             try:
                 os.write(w, b"E" + f"{e}".encode(errors="replace")[:4000])
@@ -81,7 +84,7 @@ def start_detached(backend, cid, bundle, task_dir, log_path, stdin_path="/dev/nu
     raise FailedPrecondition(msg[1:].decode(errors="replace") or "the task monitor died")
 
 
-def _monitor(backend, cid, bundle, task_dir, log_path, stdin_path, report):
+def _monitor(backend, cid, bundle, task_dir, log_path, stdin_path, report, on_created):
     from pyrun import linux
 
     # Leave the caller: a grandchild in its own session, not the caller's
@@ -99,6 +102,8 @@ def _monitor(backend, cid, bundle, task_dir, log_path, stdin_path, report):
     os.close(stdin)
     os.close(log)
     try:
+        if on_created is not None:
+            on_created(init)
         backend.start(cid)
     except BaseException:
         backend.delete(cid, force=True)

@@ -13,9 +13,12 @@ from pyrun.runtime.delete import delete
 from pyrun.runtime.start import start
 
 
-def run(store, cid, bundle, *, detach=False, keep=False, console_socket=None, **create_kw):
+def run(store, cid, bundle, *, detach=False, keep=False, console_socket=None, on_created=None,
+        **create_kw):
     """Run container ``cid`` from ``bundle``.  Returns the exit status
-    (0 when detached).  Raises what create and start raise."""
+    (0 when detached).  ``on_created(pid)`` is called between create and
+    start (e.g. to attach the container's network namespace); what it
+    raises deletes the container.  Raises what create and start raise."""
     _, spec = load_bundle(bundle)
     terminal = spec.process is not None and spec.process.terminal
     relay = None
@@ -35,6 +38,8 @@ def run(store, cid, bundle, *, detach=False, keep=False, console_socket=None, **
     child = watch[0]
     master = foreground.receive_master(relay) if relay is not None else None
     try:
+        if on_created is not None:
+            on_created(st.pid)
         if detach:
             start(store, cid)
             child.exec_result()

@@ -10,6 +10,10 @@ runtime (state in ``<state>/tasks/<ns>``).  A detached task runs under a
 monitor (:mod:`pyrun.runtime.monitor`) that records its exit status, so
 the next call sees it stopped with its exit code.  Tenant namespaces keep
 everything apart: records, snapshots, bundles and runtime state.
+
+A container on a CNI network (``net="cni:NAME"``) is attached between the
+runtime's create and start and detached when its task is deleted
+(:mod:`pyrun.runtime.cninet`; the result is kept on the record).
 """
 import os
 import signal as _signal
@@ -23,10 +27,13 @@ from pyrun.runtime import monitor
 
 class Service:
     """Containers and tasks of one tenant ``namespace`` (``db``: a
-    :class:`pyrun.metadata.DB`; ``state``: the runtime state root)."""
+    :class:`pyrun.metadata.DB`; ``state``: the runtime state root;
+    ``cni``: a :class:`pyrun.runtime.cninet.Settings`, default ones if
+    None)."""
 
-    def __init__(self, db, namespace, state="/run/pyrunctl"):
+    def __init__(self, db, namespace, state="/run/pyrunctl", cni=None):
         self.db = db
+        self._cni = cni
         self.ns = namespace
         self.state = os.path.abspath(state)
         self.records = db.containers(namespace)
@@ -62,6 +69,7 @@ class Service:
         except NotFound:
             pass
         backends.for_name(runtime, self.state)  # a bad --runtime fails before any work
+        extensions = self._new_net_extension(spec_options.get("net"))
         images = ImageStore(self.db, self.ns)
         image = self._image_name(images, image)
         config = images.config(image, platform)
@@ -97,7 +105,8 @@ class Service:
             finally:
                 unmount_all(rootfs)
             c = Container(cid, image=image, runtime={"name": runtime, "options": {}}, spec=spec,
-                          snapshotter=snapshotter, snapshot_key=cid, labels=dict(labels or {}))
+                          snapshotter=snapshotter, snapshot_key=cid, labels=dict(labels or {}),
+                          extensions=extensions)
             return self.records.create(c)
         except BaseException:
             if "bundle" in made:
@@ -141,6 +150,7 @@ class Service:
                                          "stop it first or use --force")
         if status["status"] != "none":
             self.delete_task(cid, force=True)
+        self._detach_net(cid)  # a detach that failed before is retried
         self._snapshotter(c).remove(c.snapshot_key)
         remove_tree(self.bundle(cid))
         self.records.delete(cid)
@@ -155,6 +165,58 @@ class Service:
                 merged.pop(k, None)
         import dataclasses
         return self.records.update(dataclasses.replace(c, labels=merged), ["labels"])
+
+    # ---- CNI networks (pyrun.runtime.cninet) ----
+
+    def _cni_settings(self):
+        from pyrun.runtime import cninet
+        return self._cni or cninet.Settings()
+
+    def _new_net_extension(self, net):
+        from pyrun.oci.imagespec import cni_network
+        name = cni_network(net)
+        if name is None:
+            return {}
+        from pyrun.runtime import cninet
+        return {cninet.EXTENSION: cninet.new_extension(self._cni_settings(), name)}
+
+    def _net_hook(self, c, record):
+        """The on_created hook attaching ``c`` to its CNI network (None if
+        it has none); ``record``: also store the result (only in this
+        process, never in the monitor)."""
+        from pyrun.runtime import cninet
+        if cninet.EXTENSION not in c.extensions:
+            return None
+        settings = self._cni_settings()
+
+        def attach(pid):
+            cninet.attach(settings, c, pid)
+            if record:
+                self._record_net_result(c)
+        return attach
+
+    def _update_net(self, c, **changes):
+        import dataclasses
+        from pyrun.runtime import cninet
+        ext = {k: v for k, v in {**c.extensions[cninet.EXTENSION], **changes}.items()
+               if v is not None}
+        self.records.update(dataclasses.replace(
+            c, extensions={**c.extensions, cninet.EXTENSION: ext}), ["extensions"])
+
+    def _record_net_result(self, c):
+        from pyrun.runtime import cninet
+        if cninet.EXTENSION in c.extensions:
+            self._update_net(c, result=cninet.cached_result(self._cni_settings(), c))
+
+    def _detach_net(self, cid):
+        """Detach ``cid`` from its CNI network if it is attached (its
+        namespace is gone by now: the plugins get a stand-in)."""
+        from pyrun.runtime import cninet
+        c = self.get(cid)
+        ext = c.extensions.get(cninet.EXTENSION)
+        if ext and "result" in ext:
+            cninet.detach(self._cni_settings(), c)
+            self._update_net(c, result=None)
 
     # ---- tasks ----
 
@@ -191,8 +253,11 @@ class Service:
                 if c.spec.get("process", {}).get("terminal"):
                     raise InvalidArgument("a detached task cannot have a terminal (attach is not "
                                           "supported yet): drop -t or -d")
-                return monitor.start_detached(rt, cid, bundle, bundle, self.log_path(cid))
-            return self._foreground(rt, cid, bundle)
+                pid = monitor.start_detached(rt, cid, bundle, bundle, self.log_path(cid),
+                                             on_created=self._net_hook(c, record=False))
+                self._record_net_result(c)
+                return pid
+            return self._foreground(rt, cid, bundle, self._net_hook(c, record=True))
         except BaseException:
             if detach:
                 self._unmount(cid)
@@ -201,10 +266,13 @@ class Service:
             if not detach:
                 self._cleanup_task(rt, cid)
 
-    def _foreground(self, rt, cid, bundle):
+    def _foreground(self, rt, cid, bundle, on_created):
         if isinstance(rt, backends.InProcess):
             from pyrun.runtime.run import run
-            return run(rt.store, cid, bundle, keep=True)
+            return run(rt.store, cid, bundle, keep=True, on_created=on_created)
+        if on_created is not None:
+            raise InvalidArgument(f"runtime {rt.path}: a container on a CNI network runs in the "
+                                  "foreground with the pyrun runtime only; use -d")
         import subprocess
         r = subprocess.run([rt.path, "--root", rt.root, "run", "--bundle", bundle, cid])
         return r.returncode
@@ -216,6 +284,7 @@ class Service:
             pass
         self._unmount(cid)
         self._prune_cgroup_parents()
+        self._detach_net(cid)
 
     def _prune_cgroup_parents(self, root="/sys/fs/cgroup"):
         """Remove the ``/pyrun/<namespace>`` and ``/pyrun`` groups once no
@@ -257,6 +326,7 @@ class Service:
         rt.delete(cid, force=force)
         self._unmount(cid)
         self._prune_cgroup_parents()
+        self._detach_net(cid)
         return status["exit_status"]
 
     def kill(self, cid, sig=_signal.SIGTERM, all=False):

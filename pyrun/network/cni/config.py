@@ -15,7 +15,7 @@ from pyrun.record import Frozen
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 # CNI spec: network names and container ids.
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 
 class NetworkConfigList(Frozen):
@@ -63,7 +63,7 @@ def parse(data):
         raise InvalidArgument(f"CNI network config: cniVersion {version!r} is not supported "
                               f"(supported: {', '.join(SUPPORTED_VERSIONS)})")
     name = doc.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise InvalidArgument(f"CNI network config: invalid network name {name!r} "
                               "(want [a-zA-Z0-9][a-zA-Z0-9_.-]*)")
     plugins = doc.get("plugins")
@@ -101,7 +101,7 @@ def validate_type(t, where):
 def validate_container_id(cid):
     """CNI spec: a non-empty id of letters, digits, ``_``, ``.``, ``-``,
     starting with a letter or digit.  Raises InvalidArgument."""
-    if not isinstance(cid, str) or not _NAME.match(cid):
+    if not isinstance(cid, str) or not NAME.match(cid):
         raise InvalidArgument(f"invalid CNI container id {cid!r} (want [a-zA-Z0-9][a-zA-Z0-9_.-]*)")
 
 
