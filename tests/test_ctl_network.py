@@ -8,6 +8,7 @@ import os
 import pytest
 
 from network_helpers import host_untouched, ip_json, iptables_save, ns_root, wait_until  # noqa: F401
+from pyrun.errdefs import NotFound
 from pyrun.network import netns
 from test_ctl_run import Ctl
 from test_network_cni import Env, bridge_conf
@@ -169,3 +170,17 @@ def test_run_cni_bad_input(ctl, lab, busybox_rootfs):
     assert c("containers", "ls", "-q").stdout.split() == []
     assert c("snapshots", "ls").stdout.count("active") == 0
     assert lab.state()[0] == before
+
+
+def test_find_conflist_order(tmp_path):
+    from pyrun.runtime.cninet import find_conflist
+    conf = {"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}]}
+    (tmp_path / "a.json").write_text(json.dumps({**conf, "plugins": [{"type": "ptp"}]}))
+    (tmp_path / "b.conflist").write_text(json.dumps(conf))
+    (tmp_path / "0.conflist").write_text("{not json")      # skipped
+    (tmp_path / "c.conf").write_text(json.dumps({"cniVersion": "1.0.0", "name": "single",
+                                                 "type": "loopback"}))
+    assert find_conflist(str(tmp_path), "n").plugins == ({"type": "bridge"},)
+    assert find_conflist(str(tmp_path), "single").plugins == ({"type": "loopback"},)
+    with pytest.raises(NotFound, match="no conflist"):
+        find_conflist(str(tmp_path / "nowhere"), "n")

@@ -75,6 +75,14 @@ def test_image_config_and_options(rootfs, tmp_path):
     validate(ocispec.parse(spec))
 
 
+def test_cni_network_is_a_new_namespace(rootfs, tmp_path):
+    spec = image_spec("c1", "ns", Config(), rootfs, net="cni:testnet", seccomp=False,
+                      etc_dir=str(tmp_path / "etc"))
+    assert {"type": "network"} in spec["linux"]["namespaces"]
+    assert spec["hostname"] == "c1"
+    validate(ocispec.parse(spec))
+
+
 def test_no_command_and_bad_options(rootfs):
     with pytest.raises(InvalidArgument, match="no Entrypoint or Cmd"):
         image_spec("c1", "ns", Config(cmd=()), rootfs, seccomp=False)
@@ -82,5 +90,8 @@ def test_no_command_and_bad_options(rootfs):
         image_spec("c1", "ns", Config(), rootfs, cap_add=["fly"], seccomp=False)
     with pytest.raises(InvalidArgument, match="--net 'bridge'"):
         image_spec("c1", "ns", Config(), rootfs, net="bridge", seccomp=False)
+    for bad in ("cni:", "cni:-x", "cni:a/b"):
+        with pytest.raises(InvalidArgument, match="want cni:<network>"):
+            image_spec("c1", "ns", Config(), rootfs, net=bad, seccomp=False)
     with pytest.raises(InvalidArgument, match="--memory -1: must be positive"):
         image_spec("c1", "ns", Config(), rootfs, memory=-1, seccomp=False)
