@@ -13,6 +13,8 @@ GLOBAL = [
     Flag(("--state",), "runtime state of containers (apart from pyrun's own --root, "
          "/run/pyrun, so that `pyrun list` shows only containers)", True, "/run/pyrunctl"),
     Flag(("--snapshotter",), "overlayfs or native", True, "overlayfs"),
+    Flag(("--trace",), "print every kernel step of the containers' runtime (teaching mode)"),
+    Flag(("--trace-format",), "text or json (with --trace)", True, ""),
     Flag(("--help", "-h"), "show help"),
     Flag(("--version", "-v"), "print the version"),
 ]
