@@ -78,9 +78,12 @@ def wait_until(cond, timeout=10.0):
         time.sleep(0.02)
 
 
-def nsfs_mounts():
+def nsfs_mounts(under=""):
+    """Namespace pins in this mount namespace (below ``under``: other test
+    sessions on the machine pin their own)."""
     with open("/proc/self/mountinfo") as f:
-        return sorted(line.split()[4] for line in f if " nsfs " in line)
+        return sorted(p for p in (line.split()[4] for line in f if " nsfs " in line)
+                      if p.startswith(under))
 
 
 @pytest.fixture(scope="session")

@@ -202,3 +202,8 @@ def test_tty_and_native_snapshotter(ctl):
     assert b"/dev/pts/0" in r.stdout
     r = ctl("--snapshotter", "native", "run", "--rm", "busybox", "nt1", "sh", "-c", "echo native")
     assert r.stdout == "native\n"
+
+
+def test_trace_through_pyrunctl(ctl):
+    r = ctl("--trace", "run", "--rm", "busybox", "tr1", "true")
+    assert "== pyrun create tr1" in r.stderr and "pivot_root" in r.stderr and r.stdout == ""

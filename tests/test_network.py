@@ -32,7 +32,7 @@ def test_create_list_delete(ns_root):
 
 def test_namespace_errors(ns_root):
     netns.create("a", ns_root)
-    before = nsfs_mounts()
+    before = nsfs_mounts(str(ns_root))
     with pytest.raises(AlreadyExists, match="'a' already exists"):
         netns.create("a", ns_root)
     for bad in ("", ".", "..", "x/y", "n" * 256):
@@ -44,7 +44,7 @@ def test_namespace_errors(ns_root):
         links.list_links(os.path.join(ns_root, "nope"))
     with pytest.raises(NotFound, match="not a namespace"):
         netns.open_fd(__file__)
-    assert nsfs_mounts() == before and os.listdir(ns_root) == ["a"]
+    assert nsfs_mounts(str(ns_root)) == before and os.listdir(ns_root) == ["a"]
 
 
 def test_entered_and_run_in(ns_root):
@@ -225,7 +225,7 @@ def test_bad_input_leaves_nothing(ns_root):
 
 def test_100_cycles_leak_nothing(ns_root):
     host = netns.create("host", ns_root)
-    mounts = nsfs_mounts()
+    mounts = nsfs_mounts(str(ns_root))
     fds = len(os.listdir("/proc/self/fd"))
     for i in range(100):
         c = netns.create("c", ns_root)
@@ -234,6 +234,6 @@ def test_100_cycles_leak_nothing(ns_root):
         links.set_up("eth0", netns=c)
         links.delete("v0", netns=host)
         netns.delete("c", ns_root)
-    assert nsfs_mounts() == mounts
+    assert nsfs_mounts(str(ns_root)) == mounts
     assert names(host) == ["lo"] and os.listdir(ns_root) == ["host"]
     assert len(os.listdir("/proc/self/fd")) == fds

@@ -232,3 +232,22 @@ def test_delete_without_mount_namespace_traces_its_unmounts(tmp_path, busybox_ro
     finally:
         p.cleanup()
     assert mounts_under(str(rootfs)) == []
+
+
+def test_exec_is_traced(tmp_path, busybox_rootfs):
+    """exec's steps: the joins of the init's namespaces (the mount
+    namespace last), the fork into its pid namespace, then execve."""
+    from runtime_helpers import Pyrun, make_bundle
+    p = Pyrun(tmp_path / "state")
+    make_bundle(tmp_path / "bundle", busybox_rootfs, ["sleep", "100"])
+    p("run", "-d", "-b", str(tmp_path / "bundle"), "c1")
+    try:
+        r = p("--trace", "exec", "c1", "true")
+        lines = r.stderr.splitlines()
+        assert lines[0] == "== pyrun exec c1"
+        calls = [line for line in lines if "setns(" in line or "execve(" in line]
+        assert [c.split("setns(")[1].split(")")[0].split(", ")[-1] for c in calls[:-1]][-1] \
+            == "CLONE_NEWNS"
+        assert "execve(" in calls[-1] and "= 0" in calls[-1]
+    finally:
+        p.cleanup()

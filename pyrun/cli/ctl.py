@@ -97,6 +97,11 @@ def main(argv=None):
     handler = getattr(module, "_".join(words).replace("-", "_"))
     ctx = Context(args)
     try:
+        if args.trace or args.trace_format or os.environ.get("PYRUN_TRACE", "") not in ("", "0"):
+            from pyrun.trace import tracing
+            from pyrun.trace.tracer import from_environ
+            with tracing(from_environ(True, args.trace_format or None)):
+                return handler(ctx) or 0
         return handler(ctx) or 0
     except PyrunError as e:
         os.write(2, f"pyrunctl: {e}\n".encode())

@@ -17,6 +17,8 @@ GLOBAL = [
          True, "/etc/cni/net.d"),
     Flag(("--cni-host-netns",), "run CNI plugins in this network namespace (name or path; "
          "default: pyrunctl's own)", True, None),
+    Flag(("--trace",), "print every kernel step of the containers' runtime (teaching mode)"),
+    Flag(("--trace-format",), "text or json (with --trace)", True, ""),
     Flag(("--help", "-h"), "show help"),
     Flag(("--version", "-v"), "print the version"),
 ]

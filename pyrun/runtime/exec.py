@@ -11,6 +11,7 @@ of a terminal or of /dev/null (a peer once chowned the host's /dev/null for
 """
 import os
 
+from pyrun import trace
 from pyrun._native import lib
 from pyrun.errdefs import FailedPrecondition, InvalidArgument
 from pyrun.oci import spec as ocispec
@@ -132,8 +133,23 @@ def exec_process(store, cid, process, *, console_socket=None, console_fd=None, p
                 m.apply(pid)
             return b""
 
-        child = Child(plan, on_sync, low_fd=low, until_exec=True)
-        pid = child.spawn()
+        tr = trace.current()
+        trace_r = trace_w = -1
+        if tr is not None:
+            trace_r, w = os.pipe2(os.O_CLOEXEC)
+            trace_w = planner.high_fd(w, low)
+            fds.append(trace_w)
+        child = Child(plan, on_sync, low_fd=low, until_exec=True, trace_fd=trace_w)
+        try:
+            pid = child.spawn()
+        finally:
+            if tr is not None:
+                # Our write end goes; the child's closes at its execve.
+                os.close(trace_w)
+                fds.remove(trace_w)
+                from pyrun.trace.child import collect_pipe
+                collect_pipe(tr, plan, spec, trace_r, child.pid)
+                tr.flush(f"exec {cid}")
         child.close()
         if pid_file:
             from pyrun.fsutil import atomic_write

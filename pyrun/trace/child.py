@@ -138,3 +138,28 @@ def drain_for_start(fd, state_dir, tracer, host_pid, timeout=10.0):
         tracer.add(Event(t_eof, "init", host_pid, s["phase"], s["calls"],
                          "0 (seen when execve closed the trace pipe)", 0, s["step"],
                          ns_pid=events[-1].ns_pid if events else None))
+
+
+def collect_pipe(tracer, plan, spec, rfd, host_pid):
+    """exec's side: read the records from the read end ``rfd`` of a plain
+    pipe until end of file (the process's execve, or its death) and add
+    them to ``tracer``, worded from ``plan``.  Closes ``rfd``."""
+    buf = bytearray()
+    try:
+        while True:
+            data = os.read(rfd, 65536)
+            if not data:
+                break
+            buf.extend(data)
+    finally:
+        os.close(rfd)
+    steps = _describe(plan, spec)
+    events = _events(steps, buf, host_pid)
+    for e in events:
+        tracer.add(e)
+    if not any(e.err for e in events):
+        i = max(i for i, s in enumerate(steps) if s["kind"] == "EXEC")
+        s = steps[i]
+        tracer.add(Event(tracer.now(), "init", host_pid, s["phase"], s["calls"],
+                         "0 (seen when execve closed the trace pipe)", 0, s["step"],
+                         ns_pid=events[-1].ns_pid if events else None))
