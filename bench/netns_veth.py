@@ -91,7 +91,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
-    had_run_netns = os.path.exists("/run/netns")
+    had_run_netns = "/run/netns" in mount_points()
+    had_dir = os.path.exists("/run/netns")
     root = tempfile.mkdtemp(prefix="pyrun-bench-netns-", dir="/run")
     ways = {"pyrun": cycle_pyrun, "pyroute2-netns": cycle_pyroute2, "iproute2": cycle_iproute2}
     results = {}
@@ -103,12 +104,13 @@ def main():
     finally:
         for name in netns.list_names(root):
             netns.delete(name, root)
-        linux.umount2(root, linux.MNT_DETACH)
+        if root in mount_points():  # the last netns.delete normally undoes it
+            linux.umount2(root, linux.MNT_DETACH)
         os.rmdir(root)
-        if not had_run_netns and not os.listdir("/run/netns"):
-            # ip netns left /run/netns bound on itself; undo what we caused.
-            if "/run/netns" in mount_points():
-                linux.umount2("/run/netns", linux.MNT_DETACH)
+        if not had_run_netns and "/run/netns" in mount_points() and not os.listdir("/run/netns"):
+            # ip netns leaves /run/netns bound on itself; undo what we caused.
+            linux.umount2("/run/netns", linux.MNT_DETACH)
+        if not had_dir and os.path.isdir("/run/netns") and not os.listdir("/run/netns"):
             os.rmdir("/run/netns")
     peer = statistics.median(results["iproute2"])
     print(f"one container network (netns + veth + address + up + delete), {args.runs} runs, ms")

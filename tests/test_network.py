@@ -237,3 +237,16 @@ def test_100_cycles_leak_nothing(ns_root):
     assert nsfs_mounts(str(ns_root)) == mounts
     assert names(host) == ["lo"] and os.listdir(ns_root) == ["host"]
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_last_delete_leaves_no_mount(ns_root):
+    """The root's shared self-bind is undone with the last namespace (it
+    stayed mounted once: /run/pyrun/netns after the README example)."""
+    from pyrun.fsutil import mount_points
+    netns.create("a", ns_root)
+    netns.create("b", ns_root)
+    netns.delete("a", ns_root)
+    assert ns_root in mount_points()
+    netns.delete("b", ns_root)
+    assert ns_root not in mount_points()
+    assert nsfs_mounts(str(ns_root)) == []

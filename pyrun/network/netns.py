@@ -77,6 +77,36 @@ def _share_root(root):
         linux.mount(None, root, None, linux.MS_SHARED | linux.MS_REC)
 
 
+@contextlib.contextmanager
+def _root_lock(root):
+    """Serialise create and delete under ``root`` (flock on its parent
+    directory), so the last delete's unmount of the root cannot race a
+    create's pin."""
+    import fcntl
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, 0o755, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _unshare_root_if_empty(root):
+    """Undo :func:`_share_root` once the last namespace is gone, so that
+    pinning namespaces leaves no mount behind (ip-netns(8) leaves its
+    /run/netns mounted; pyrun does not)."""
+    from pyrun.fsutil import mount_points
+    if os.listdir(root) or os.path.abspath(root) not in mount_points():
+        return
+    try:
+        linux.umount2(root, linux.MNT_DETACH)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+
+
 def _in_thread(fn, *args, **kw):
     box = {}
 
@@ -108,19 +138,21 @@ def create(name, root=DEFAULT_ROOT):
     Matches ``ip netns add`` (iproute2 ip/ipnetns.c).
     """
     target = path(name, root)
-    _share_root(root)
-    try:
-        fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
-    except FileExistsError:
-        raise AlreadyExists(f"network namespace {name!r} already exists ({target})") from None
-    os.close(fd)
-    try:
-        # unshare(2) moves only the calling thread: a throw-away thread
-        # leaves this one where it was.
-        _in_thread(_unshare_and_pin, target)
-    except BaseException:
-        os.unlink(target)
-        raise
+    with _root_lock(root):
+        _share_root(root)
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+        except FileExistsError:
+            raise AlreadyExists(f"network namespace {name!r} already exists ({target})") from None
+        os.close(fd)
+        try:
+            # unshare(2) moves only the calling thread: a throw-away thread
+            # leaves this one where it was.
+            _in_thread(_unshare_and_pin, target)
+        except BaseException:
+            os.unlink(target)
+            _unshare_root_if_empty(root)
+            raise
     return target
 
 
@@ -136,12 +168,14 @@ def delete(name, root=DEFAULT_ROOT):
     target = path(name, root)
     if not os.path.lexists(target):
         raise NotFound(f"network namespace {name!r} not found in {root}")
-    try:
-        linux.umount2(target, linux.MNT_DETACH)
-    except OSError as e:
-        if e.errno != errno.EINVAL:  # EINVAL: not a mount point (a stale file)
-            raise
-    os.unlink(target)
+    with _root_lock(root):
+        try:
+            linux.umount2(target, linux.MNT_DETACH)
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: not a mount point (a stale file)
+                raise
+        os.unlink(target)
+        _unshare_root_if_empty(root)
 
 
 def open_fd(netns):
