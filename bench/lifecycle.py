@@ -8,7 +8,6 @@ Rerun, as root, from the checkout (after bash scripts/setup):
 """
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,8 @@ sys.path.insert(0, HERE)
 
 from conftest import make_busybox_rootfs  # noqa: E402
 from interleave import time_interleaved  # noqa: E402
-from run_true import CGROUPS_PATH, CRUN_WRAPPER, cleanup_cgroups, cleanup_cli  # noqa: E402
+from run_true import (CGROUPS_PATH, cleanup_cgroups, cleanup_cli, print_table,  # noqa: E402
+                      write_crun_wrapper)
 from runtime_helpers import make_bundle  # noqa: E402
 
 from pyrun.fsutil import remove_tree  # noqa: E402
@@ -44,14 +44,6 @@ def exec_runner(argv, root, cid):
     return go
 
 
-def table(title, times, base):
-    med = {n: statistics.median(t) for n, t in times.items()}
-    print(title)
-    print(f"{'runtime':<17}{'median':>8}{'min':>8}{'max':>8}{'/' + base:>8}")
-    for name, t in times.items():
-        print(f"{name:<17}{med[name]:8.2f}{min(t):8.2f}{max(t):8.2f}{med[name] / med[base]:8.2f}")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=50, help="runs per runtime (default 50)")
@@ -60,10 +52,7 @@ def main():
         sys.exit("lifecycle: needs root")
     pyrun_cli = os.path.join(os.path.dirname(sys.executable), "pyrun")
     tmp = tempfile.mkdtemp(prefix="pyrun-bench-")
-    wrapper = os.path.join(tmp, "crun-wrapper")
-    with open(wrapper, "w") as f:
-        f.write(CRUN_WRAPPER)
-    os.chmod(wrapper, 0o755)
+    wrapper = write_crun_wrapper(tmp)
     rootfs = os.path.join(tmp, "rootfs")
     make_busybox_rootfs(rootfs)
     short = os.path.join(tmp, "short")
@@ -95,8 +84,9 @@ def main():
                     except OSError:
                         pass
         remove_tree(tmp)
-    table(f"create + start + delete of /bin/true, {opts.reps} cycles each (ms)", cycles, "runc")
-    table(f"exec of /bin/true into a running container, {opts.reps} each (ms)", exec_times, "runc")
+    print_table(f"create + start + delete of /bin/true, {opts.reps} cycles each (ms)", cycles, ["runc"])
+    print_table(f"exec of /bin/true into a running container, {opts.reps} each (ms)", exec_times,
+                ["runc"])
     print("rerun: as root, in the checkout: .venv/bin/python bench/lifecycle.py --reps 50")
 
 

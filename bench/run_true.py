@@ -44,6 +44,27 @@ exec unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified; exec
 """
 
 
+def write_crun_wrapper(directory):
+    """Write CRUN_WRAPPER into ``directory``; returns its path."""
+    path = os.path.join(directory, "crun-wrapper")
+    with open(path, "w") as f:
+        f.write(CRUN_WRAPPER)
+    os.chmod(path, 0o755)
+    return path
+
+
+def print_table(title, times, bases, first="runtime"):
+    """Median, min and max of each variant (ms), and the ratio of its median
+    to each of ``bases``' medians."""
+    med = {n: statistics.median(t) for n, t in times.items()}
+    print(title)
+    print(f"{first:<17}{'median':>8}{'min':>8}{'max':>8}"
+          + "".join(f"{'/' + b.split()[0]:>8}" for b in bases))
+    for name, t in times.items():
+        print(f"{name:<17}{med[name]:8.2f}{min(t):8.2f}{max(t):8.2f}"
+              + "".join(f"{med[name] / med[b]:8.2f}" for b in bases))
+
+
 def cli_runner(argv, root, bundle):
     """A runner that runs ``argv --root root run -b bundle ID`` and
     returns its exit status."""
@@ -106,10 +127,7 @@ def main():
                  "(.venv/bin/python) after bash scripts/setup")
 
     tmp = tempfile.mkdtemp(prefix="pyrun-bench-")
-    wrapper = os.path.join(tmp, "crun-wrapper")
-    with open(wrapper, "w") as f:
-        f.write(CRUN_WRAPPER)
-    os.chmod(wrapper, 0o755)
+    wrapper = write_crun_wrapper(tmp)
     rootfs = os.path.join(tmp, "rootfs")
     make_busybox_rootfs(rootfs)
     bundle = os.path.join(tmp, "bundle")
@@ -137,13 +155,8 @@ def main():
         cleanup_cgroups()
         remove_tree(tmp)
 
-    med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"run of /bin/true in a busybox bundle, {opts.reps} runs each, interleaved (ms)")
-    print(f"{'runtime':<17}{'median':>8}{'min':>8}{'max':>8}{'/runc':>8}{'/crun':>8}")
-    for name in names:
-        t = times[name]
-        print(f"{name:<17}{med[name]:8.2f}{min(t):8.2f}{max(t):8.2f}"
-              f"{med[name] / med['runc']:8.2f}{med[name] / med['crun (wrapper)']:8.2f}")
+    print_table(f"run of /bin/true in a busybox bundle, {opts.reps} runs each, interleaved (ms)",
+                {name: times[name] for name in names}, ["runc", "crun (wrapper)"])
     print("crun runs through its hybrid-cgroup wrapper (unshare + sh included); "
           "each container gets a cgroup.")
     print("rerun: as root, in the checkout: .venv/bin/python bench/run_true.py --reps 100")

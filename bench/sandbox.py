@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 from conftest import make_busybox_rootfs  # noqa: E402
-from run_true import CRUN_WRAPPER  # noqa: E402
+from run_true import write_crun_wrapper  # noqa: E402
 from runtime_helpers import make_bundle  # noqa: E402
 
 import pyrun  # noqa: E402
@@ -103,10 +103,7 @@ def main():
             sys.exit(f"bench/sandbox: {tool} is not installed")
 
     tmp = tempfile.mkdtemp(prefix="pyrun-bench-sandbox-")
-    wrapper = os.path.join(tmp, "crun-wrapper")
-    with open(wrapper, "w") as f:
-        f.write(CRUN_WRAPPER)
-    os.chmod(wrapper, 0o755)
+    wrapper = write_crun_wrapper(tmp)
     rootfs = os.path.join(tmp, "rootfs")
     make_busybox_rootfs(rootfs)
     ns = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]

@@ -866,7 +866,7 @@ static int do_identity(struct pr_op *o)
 	/* Keep the permitted set across setresuid; capset follows. */
 	if (pr_prctl(8 /* PR_SET_KEEPCAPS */, 1, 0, 0, 0) < 0)
 		return -errno;
-	if (!(o->n1 & PR_ID_NO_SETGROUPS) && pr_setgroups((size_t)o->n2, o->ids) < 0)
+	if (pr_setgroups((size_t)o->n2, o->ids) < 0)
 		return -errno;
 	if (pr_setresgid((uint32_t)o->flags2, (uint32_t)o->flags2, (uint32_t)o->flags2) < 0)
 		return -errno;

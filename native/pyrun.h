@@ -112,13 +112,12 @@ int pr_execve(const char *path, char *const argv[], char *const envp[]);
 #define PR_MSG_TRACE 5	/* trace record: step `op`, result `err`, time `value` ns */
 #define PR_MSG_GO 6	/* parent -> child: carry on */
 
-/* Flags of PR_OP_MOUNT (n1), PR_OP_MKNOD (n1), PR_OP_IDENTITY (n1). */
+/* Flags of PR_OP_MOUNT (n1) and PR_OP_MKNOD (n1). */
 #define PR_MNT_BIND_SOURCE 1	/* source is a host path to bind; target kind follows it */
 #define PR_MNT_TARGET_FILE 2	/* create the target as a file */
 #define PR_MNT_HOST_TARGET 4	/* target is a host path, not inside the root */
 #define PR_MNT_COPYUP 8		/* tmpcopyup: copy the covered directory into the new tmpfs */
 #define PR_MKNOD_BIND 1		/* bind the host node instead of mknod (user ns) */
-#define PR_ID_NO_SETGROUPS 1	/* setgroups is denied in this user namespace */
 
 #define PR_MK_NONE 0
 #define PR_MK_DIR 1

@@ -17,7 +17,7 @@ import tempfile
 
 from pyrun.content import write_blob
 from pyrun.content.digest import digester
-from pyrun.errdefs import InvalidArgument, NotFound
+from pyrun.errdefs import NotFound
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

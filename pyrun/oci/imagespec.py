@@ -30,25 +30,21 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 
 
 def default_mounts():
-    """containerd's default mounts (oci/mounts.go defaultMounts)."""
-    return [
-        {"destination": "/proc", "type": "proc", "source": "proc",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
-        {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["ro", "nosuid", "noexec", "nodev"]},
-    ]
+    """containerd's default mounts (oci/mounts.go defaultMounts): runc's
+    (:func:`pyrun.oci.default.default_spec`), with /proc nosuid, noexec
+    and nodev, a tmpfs on /run, and a read-only cgroup mount."""
+    from pyrun.oci.default import default_spec
+
+    mounts = default_spec()["mounts"]
+    for m in mounts:
+        if m["destination"] == "/proc":
+            m["options"] = ["nosuid", "noexec", "nodev"]
+        elif m["destination"] == "/sys/fs/cgroup":
+            m["options"] = ["ro", "nosuid", "noexec", "nodev"]
+    at = next(i for i, m in enumerate(mounts) if m["destination"] == "/sys/fs/cgroup")
+    mounts.insert(at, {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+                       "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]})
+    return mounts
 
 
 def _read_in_root(rootfs, path):

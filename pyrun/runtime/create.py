@@ -167,8 +167,6 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
         child = Child(plan, on_sync, low_fd=low,
                       trace_fd=child_trace.write_fd if child_trace is not None else -1)
         pid = child.spawn()
-        if cgroup_manager is not None and planner.SYNC_CGROUP not in plan.syncs:
-            cgroup_manager.apply(pid)
         st.pid = pid
         st.start_time = proc_start_time(pid) or 0
         if cgroup_manager is not None:

@@ -485,12 +485,11 @@ def build(spec, inp):
         name = f"_ses.{inp.container_id}"[:255]
         plan.add(lib.PR_OP_KEYRING, f"join a new session keyring {name}", "identity", s1=name)
     plan_process(plan, proc, linux, preserve_fds=inp.preserve_fds, wait_fd=inp.fifo_fd,
-                 start_hooks=spec.hooks.start_container, userns_new=userns_new)
+                 start_hooks=spec.hooks.start_container)
     return plan
 
 
-def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks=(),
-                 userns_new=False):
+def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks=()):
     """Add the steps that turn the child into ``proc`` (a
     :class:`~pyrun.oci.spec.Process`): personality, rlimits, cwd, seccomp,
     capabilities, identity, then execve.  ``wait_fd``: the exec fifo to
@@ -542,11 +541,9 @@ def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks
         }
         plan.add(lib.PR_OP_CAPBSET, f"drop from the bounding set all but {', '.join(caps.bounding) or 'nothing'}",
                  "identity", caps=capvals)
-    no_setgroups = userns_new and _setgroups_denied()
     plan.add(lib.PR_OP_IDENTITY,
              f"setgroups {list(u.additional_gids)}, setresgid {u.gid}, setresuid {u.uid}", "identity",
-             flags=u.uid, flags2=u.gid, n1=lib.PR_ID_NO_SETGROUPS if no_setgroups else 0,
-             n2=len(u.additional_gids), ids=list(u.additional_gids))
+             flags=u.uid, flags2=u.gid, n2=len(u.additional_gids), ids=list(u.additional_gids))
     if capvals is not None:
         plan.add(lib.PR_OP_CAPSET,
                  f"capset effective={list(caps.effective)} permitted={list(caps.permitted)} "
@@ -562,10 +559,6 @@ def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks
         plan.add(**seccomp)  # as late as possible: fewer syscalls need allowing
     plan.add(lib.PR_OP_EXEC, f"execve {list(proc.args)}", "exec",
              argv=list(proc.args), envp=list(proc.env))
-
-
-def _setgroups_denied():
-    return False  # we write "allow" (rootful); rootless writes "deny"
 
 
 def _plan_device(plan, path, kind, major, minor, mode, uid, gid, userns):

@@ -60,10 +60,6 @@ class Status(str):
     def can_delete(self, force=False):
         return force or self in (Status.CREATING, Status.CREATED, Status.STOPPED)
 
-    @property
-    def value(self):
-        return str(self)
-
 
 Status.CREATING = Status("creating")
 Status.CREATED = Status("created")

@@ -140,11 +140,9 @@ def child_calls(op, spec=None):
         return [f"prctl(PR_CAPBSET_DROP, cap) for {len(dropped)} capabilities; the bounding set "
                 f"keeps {_caps(c['bounding'])}"]
     if k == "IDENTITY":
-        calls = ["prctl(PR_SET_KEEPCAPS, 1)"]
-        if not op.n1 & lib.PR_ID_NO_SETGROUPS:
-            calls.append(f"setgroups({list(op.ids or [])})")
-        return calls + [f"setresgid({op.flags2}, {op.flags2}, {op.flags2})",
-                        f"setresuid({op.flags}, {op.flags}, {op.flags})"]
+        return ["prctl(PR_SET_KEEPCAPS, 1)", f"setgroups({list(op.ids or [])})",
+                f"setresgid({op.flags2}, {op.flags2}, {op.flags2})",
+                f"setresuid({op.flags}, {op.flags}, {op.flags})"]
     if k == "CAPSET":
         c = op.caps
         return [f"capset(effective={_caps(c['effective'])}, permitted={_caps(c['permitted'])}, "
