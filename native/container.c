@@ -24,6 +24,7 @@
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <termios.h>
 
@@ -1141,8 +1142,17 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 		return 0;
 	case PR_OP_NO_NEW_PRIVS:
 		return pr_prctl(38 /* PR_SET_NO_NEW_PRIVS */, 1, 0, 0, 0) < 0 ? -errno : 0;
-	case PR_OP_PDEATHSIG:
-		return pr_prctl(1 /* PR_SET_PDEATHSIG */, (unsigned long)o->n1, 0, 0, 0) < 0 ? -errno : 0;
+	case PR_OP_PDEATHSIG: {
+		/* fd: a pidfd of the runtime's process.  Readable means it has
+		 * exited before the prctl could take effect: give up. */
+		struct pollfd pfd = { o->fd, POLLIN, 0 };
+		struct timespec now = { 0, 0 };
+		if (pr_prctl(1 /* PR_SET_PDEATHSIG */, (unsigned long)o->n1, 0, 0, 0) < 0)
+			return -errno;
+		if (o->fd >= 0 && syscall(SYS_ppoll, &pfd, 1, &now, NULL, 8) > 0)
+			return -ESRCH;
+		return 0;
+	}
 	case PR_OP_RESOLVE_EXEC:
 		return do_resolve_exec(p, o);
 	case PR_OP_CLOSE_FDS:
@@ -1151,6 +1161,12 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 		return pr_close_range((unsigned int)o->n1, ~0U, PR_CLOSE_RANGE_CLOEXEC) < 0 ? -errno : 0;
 	case PR_OP_WAIT_START:
 		return do_wait_start(p, o);
+	case PR_OP_JOIN_CGROUP:
+		/* Join a cgroup by writing "0" (ourselves) to its cgroup.procs,
+		 * opened by the parent: no round trip to the parent, and never a
+		 * task still being forked (EINVAL) as a write of our pid might
+		 * meet. */
+		return raw_write(o->fd, "0", 1) < 0 ? -errno : 0;
 	case PR_OP_FORK: {
 		/* Second stage: the new process becomes our parent's child
 		 * (CLONE_PARENT) and, after unshare(CLONE_NEWPID), pid 1 of the
@@ -1193,17 +1209,76 @@ static __attribute__((noreturn)) void child_main(struct pr_plan *p)
 	fail(p, p->nops, EINVAL);
 }
 
-long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd)
+/* Signal dispositions and mask as a fresh process has them: the caller's
+ * handlers (Python's) are code the child must never run, and what the
+ * caller ignores (Python ignores SIGPIPE and SIGXFSZ) would stay ignored
+ * across execve.  runc's container processes start the same way. */
+static void reset_signals(void)
 {
-	long pid = pr_clone3(clone_flags | CLONE_PIDFD, pidfd, SIGCHLD);
+	struct { void *handler; unsigned long flags; void *restorer; uint64_t mask; } dfl = {
+		SIG_DFL, 0, NULL, 0 };
+	uint64_t none = 0;
 
-	if (pid == 0) {
-		/* CVE-2019-5736: until execve this process is an image of the
-		 * runtime's interpreter.  Not dumpable, its /proc/<pid>/exe and
-		 * memory can only be reached with CAP_SYS_PTRACE, which containers
-		 * do not get; execve makes the new program dumpable again. */
-		pr_prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0);
-		child_main(p);
+	for (int sig = 1; sig <= 64; sig++) {
+		if (sig != SIGKILL && sig != SIGSTOP)
+			syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8);
 	}
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+}
+
+static __attribute__((noreturn)) void child_start(struct pr_plan *p)
+{
+	reset_signals();
+	/* CVE-2019-5736: until execve this process is an image of the
+	 * runtime's interpreter.  Not dumpable, its /proc/<pid>/exe and
+	 * memory can only be reached with CAP_SYS_PTRACE, which containers
+	 * do not get; execve makes the new program dumpable again.  With a
+	 * shared address space the flag (it belongs to the mm) is the
+	 * caller's too, which stays so. */
+	pr_prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0);
+	child_main(p);
+}
+
+static int vm_child(void *arg)
+{
+	child_start(arg);
+}
+
+#define PR_VM_STACK (1UL << 20)
+
+/* Clone the child stage.  share_vm: posix_spawn's way (CLONE_VM |
+ * CLONE_VFORK on a stack of its own), which copies no page tables of the
+ * (large) caller and returns once the child has exec'd or exited; only for
+ * plans in which the child never waits for the parent (no PR_OP_SYNC,
+ * PR_OP_WAIT_START, PR_OP_FORK, no trace).  All signals are blocked
+ * around the clone so that no handler of the caller runs in the child. */
+long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd, int share_vm)
+{
+	uint64_t all = ~0ULL, old;
+	void *stack = NULL;
+	long pid;
+	int err;
+
+	if (share_vm) {
+		stack = mmap(NULL, PR_VM_STACK, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+		if (stack == MAP_FAILED)
+			return -1;
+	}
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
+	if (share_vm) {
+		pid = clone(vm_child, (char *)stack + PR_VM_STACK,
+			    (int)clone_flags | CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, p,
+			    pidfd);
+	} else {
+		pid = pr_clone3(clone_flags | CLONE_PIDFD, pidfd, SIGCHLD);
+		if (pid == 0)
+			child_start(p);
+	}
+	err = errno;
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
+	if (stack)
+		munmap(stack, PR_VM_STACK);
+	errno = err;
 	return pid;
 }

@@ -103,6 +103,7 @@ int pr_execve(const char *path, char *const argv[], char *const envp[]);
 #define PR_OP_STDIO 35
 #define PR_OP_MKDIR 36
 #define PR_OP_DEVNULL 37
+#define PR_OP_JOIN_CGROUP 38
 
 /* Messages from the child on the sync socket. */
 #define PR_MSG_SYNC 1	/* waiting for the parent (value: what for) */
@@ -163,7 +164,7 @@ struct pr_plan {
 	char *parent_buf;
 };
 
-long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd);
+long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd, int share_vm);
 /* cgroup_bpf.c: cgroup v2 device filters. */
 int pr_bpf_prog_load_cgroup_device(const void *insns, unsigned int insn_cnt,
 				   const char *license, char *log_buf, unsigned int log_size);

@@ -207,3 +207,31 @@ def test_tty_and_native_snapshotter(ctl):
 def test_trace_through_pyrunctl(ctl):
     r = ctl("--trace", "run", "--rm", "busybox", "tr1", "true")
     assert "== pyrun create tr1" in r.stderr and "pivot_root" in r.stderr and r.stdout == ""
+
+
+def test_exit_status_waits_for_a_monitor_still_writing(tmp_path):
+    """A bug: `tasks wait` saw the init gone before the monitor, which had
+    just reaped it, wrote exit.json, and answered "unknown".  A reader
+    that knows the task stopped now waits on the monitor's lock."""
+    import fcntl
+    import threading
+
+    from pyrun.runtime import monitor
+
+    lock = os.open(tmp_path / monitor.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+
+    def finish():
+        monitor.record_exit(str(tmp_path), 4)
+        os.close(lock)  # the monitor exits
+
+    t = threading.Timer(0.2, finish)
+    t.start()
+    try:
+        assert monitor.exit_status(str(tmp_path)) is None  # not settled: no wait
+        assert monitor.exit_status(str(tmp_path), settled=True)["status"] == 4
+    finally:
+        t.join()
+    os.unlink(tmp_path / monitor.EXIT_FILE)
+    # A monitor that died without a record: its lock is free, no wait.
+    assert monitor.exit_status(str(tmp_path), settled=True) is None

@@ -174,3 +174,16 @@ def test_seccomp_filters_cached_across_processes():
     assert seccomp.compile_filter(profile) == first
     st = os.stat(seccomp.DISK_CACHE)
     assert st.st_uid == 0 and not st.st_mode & 0o077
+
+
+def test_signals_start_at_their_defaults(pyrun, tmp_path, busybox_rootfs):
+    """The runtime is Python, which ignores SIGPIPE and SIGXFSZ; ignored
+    signals stay ignored across execve, so the child stage resets every
+    disposition and the mask (a bug: `yes | head -1` never ended by
+    SIGPIPE in a pyrun container)."""
+    bundle = tmp_path / "bundle"
+    # grep itself, not through sh: busybox sh ignores SIGQUIT in its children.
+    make_bundle(bundle, busybox_rootfs, ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+    r = pyrun("run", "-b", str(bundle), "c1", check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]

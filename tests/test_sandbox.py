@@ -179,10 +179,72 @@ def test_exception_inside_sandbox_cleans_up(sb):
 def test_dropped_sandbox_is_removed(sb):
     import gc
     box = pyrun.Sandbox(**sb)
-    pid = box._ctr.st.pid
+    pid = box._ctr.pid
     del box
     gc.collect()
     assert not os.path.exists(f"/proc/{pid}")
+
+
+OWNER = """
+import sys, pyrun
+kw = dict(rootfs=sys.argv[1], cgroup_parent=sys.argv[2])
+if sys.argv[3] == "run":
+    pyrun.run(["sleep", "1000"], timeout=None, **kw)
+else:
+    pyrun.Sandbox(**kw).exec(["sleep", "1000"], timeout=None)
+"""
+
+
+@pytest.mark.parametrize("how", ["run", "Sandbox"])
+def test_sandbox_ends_with_its_killed_owner(sb, how):
+    """SIGKILL of the owning process leaves no process of the sandbox: a
+    run's init has PR_SET_PDEATHSIG, a Sandbox's idle init reads EOF.
+    (Its empty cgroups stay: nothing is left to remove them.)"""
+    import subprocess
+    import sys
+    import time
+
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, sb["rootfs"], sb["cgroup_parent"], how])
+    top = os.path.join(CG, "pids", sb["cgroup_parent"].lstrip("/"))
+    want = 1 if how == "run" else 2  # sleep; cat and sleep
+    pids = []
+    for _ in range(500):
+        groups = [e.path for e in os.scandir(top) if e.is_dir()] if os.path.isdir(top) else []
+        pids = [int(p) for g in groups for p in open(os.path.join(g, "cgroup.procs")).read().split()]
+        if len(pids) >= want:
+            break
+        time.sleep(0.01)
+    assert len(pids) == want, "the sandbox did not start"
+    pidfds = [os.pidfd_open(p) for p in pids]
+    owner.kill()
+    owner.wait()
+    try:
+        import select
+        for fd in pidfds:
+            assert select.select([fd], [], [], 10)[0], "a sandbox process outlived its owner"
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    for ctrl in os.listdir(CG):
+        d = os.path.join(CG, ctrl, sb["cgroup_parent"].lstrip("/"))
+        for g in (e.path for e in os.scandir(d) if e.is_dir()) if os.path.isdir(d) else ():
+            for _ in range(100):
+                try:
+                    os.rmdir(g)
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        if os.path.isdir(d):
+            os.rmdir(d)  # the owner made the parent, not this process
+
+
+def test_sandbox_outlives_the_thread_that_made_it(sb):
+    boxes = []
+    t = threading.Thread(target=lambda: boxes.append(pyrun.Sandbox(**sb)))
+    t.start()
+    t.join()
+    with boxes[0] as box:
+        assert box.exec(["echo", "alive"]).stdout == b"alive\n"
 
 
 def test_seccomp_profile_by_capability():

@@ -7,7 +7,8 @@ Typical use by the runtime (the order matters)::
     m = new_manager(spec_linux.get("cgroupsPath", ""), container_id)
     m.create()              # mkdir in every hierarchy
     state.cgroup = m.describe()
-    m.apply(pid)            # the container process, before it execs
+    m.apply(pid)            # the container process, before it execs (or it
+                            # joins itself through m.open_procs())
     m.set(res)              # limits and device rules, still before exec
     ...
     m = Manager.from_state(state.cgroup)                        # later commands

@@ -157,6 +157,27 @@ class Manager:
                         raise
                     time.sleep(0.01 * (attempt + 1))
 
+    def open_procs(self):
+        """Open the group's cgroup.procs in every hierarchy, for a process
+        to join by writing "0" itself (the runtime's child stage does so
+        before its execve; the kernel checks the opener's rights).
+        Returns [(path, fd)], close-on-exec; the caller closes them.
+        Raises SyscallError naming the file."""
+        out = []
+        try:
+            for key in self.paths:
+                full = fs.join(self.hierarchy_root(key), self.paths[key], "cgroup.procs")
+                try:
+                    fd = os.open(full, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except OSError as e:
+                    raise SyscallError(e.errno, "open", full, full) from None
+                out.append((full, fd))
+        except BaseException:
+            for _, fd in out:
+                os.close(fd)
+            raise
+        return out
+
     def set(self, res):
         """Write every limit in ``res`` (a Resources); absent (None, empty)
         parts leave their files alone, so an empty ``devices`` keeps the

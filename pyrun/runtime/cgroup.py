@@ -4,7 +4,7 @@ container's parsed resources, so create/kill/delete stay short.
 When: a container gets cgroups when its spec has ``linux.resources`` or a
 ``linux.cgroupsPath`` (runc makes them always; pyrun skips the cost when
 nothing asks for limits or a place in the tree).  Order, as runc: create the
-groups, put the init in them before it execs (and before it unshares a
+groups, the init joins them before it execs (and before it unshares a
 cgroup namespace), write the limits, remove the groups on delete.
 """
 import os
@@ -29,8 +29,8 @@ class ContainerCgroup:
     def mount_sources(self):
         return self.manager.mount_sources()
 
-    def apply(self, pid):
-        self.manager.apply(pid)
+    def open_procs(self):
+        return self.manager.open_procs()
 
     def set_resources(self):
         if self.resources is not None:

@@ -86,9 +86,27 @@ def exec_process(store, cid, process, *, console_socket=None, console_fd=None, p
     st = store.load(cid)
     if st.status not in (Status.CREATED, Status.RUNNING):
         raise FailedPrecondition(f"cannot exec in container {cid!r}: it is {st.status}")
+    if cgroup_manager is None and st.cgroup:
+        from pyrun.runtime.cgroup import manager_from_state
+        cgroup_manager = manager_from_state(st)
+    pid = exec_in(cid, st.pid, st.start_time, ocispec.parse(st.config), process,
+                  console_socket=console_socket, console_fd=console_fd, preserve_fds=preserve_fds,
+                  cgroup_manager=cgroup_manager, stdio=stdio)
+    if pid_file:
+        from pyrun.fsutil import atomic_write
+        atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
+    return pid
+
+
+def exec_in(cid, init_pid, start_time, spec, process, *, console_socket=None, console_fd=None,
+            preserve_fds=0, cgroup_manager=None, stdio=None):
+    """:func:`exec_process` for a container known by its init (host pid
+    ``init_pid``, whose /proc start time is ``start_time``: a recycled pid
+    is refused) and parsed ``spec``, without a state directory (the
+    sandbox keeps its containers in memory).  ``cgroup_manager``: the
+    container's (a ContainerCgroup) or None.  Same returns and errors."""
     if not process.args:
         raise InvalidArgument("exec: process.args must name the program to run")
-    spec = ocispec.parse(st.config)
     low = 3 + preserve_fds
     fds = []
     child = None
@@ -98,18 +116,17 @@ def exec_process(store, cid, process, *, console_socket=None, console_fd=None, p
         for kind in _JOIN:
             if kind not in kinds:
                 continue
-            fd = os.open(f"/proc/{st.pid}/ns/{_NS_FILES[kind]}", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"/proc/{init_pid}/ns/{_NS_FILES[kind]}", os.O_RDONLY | os.O_CLOEXEC)
             fd = planner.high_fd(fd, low)
             fds.append(fd)
-            if proc_start_time(st.pid) != st.start_time:
+            if proc_start_time(init_pid) != start_time:
                 raise FailedPrecondition(f"cannot exec in container {cid!r}: its init is gone")
             plan.add(lib.PR_OP_SETNS, f"setns {kind} of the container's init", "namespaces",
                      fd=fd, flags=planner.NS_FLAGS[kind])
         # setns into a pid (or time) namespace applies to children: fork.
         plan.add(lib.PR_OP_FORK, "fork into the container's pid namespace", "namespaces")
-        if st.cgroup or cgroup_manager is not None:
-            plan.add(lib.PR_OP_SYNC, "wait to be placed in the container's cgroup", "namespaces",
-                     n1=planner.SYNC_CGROUP)
+        if cgroup_manager is not None:
+            planner.plan_cgroup_join(plan, planner.high_fds(cgroup_manager.open_procs(), low, fds))
         if process.terminal:
             console_fd = planner.console_fd_for(console_socket, console_fd, low)
             if console_fd is None:
@@ -124,22 +141,13 @@ def exec_process(store, cid, process, *, console_socket=None, console_fd=None, p
                      n1=moved[0], n2=moved[1], n3=moved[2])
         planner.plan_process(plan, process, spec.linux, preserve_fds=preserve_fds)
 
-        def on_sync(kind, pid):
-            if kind == planner.SYNC_CGROUP:
-                m = cgroup_manager
-                if m is None:
-                    from pyrun.runtime.cgroup import manager_from_state
-                    m = manager_from_state(st)
-                m.apply(pid)
-            return b""
-
         tr = trace.current()
         trace_r = trace_w = -1
         if tr is not None:
             trace_r, w = os.pipe2(os.O_CLOEXEC)
             trace_w = planner.high_fd(w, low)
             fds.append(trace_w)
-        child = Child(plan, on_sync, low_fd=low, until_exec=True, trace_fd=trace_w)
+        child = Child(plan, None, low_fd=low, until_exec=True, trace_fd=trace_w)
         try:
             pid = child.spawn()
         finally:
@@ -151,9 +159,6 @@ def exec_process(store, cid, process, *, console_socket=None, console_fd=None, p
                 collect_pipe(tr, plan, spec, trace_r, child.pid)
                 tr.flush(f"exec {cid}")
         child.close()
-        if pid_file:
-            from pyrun.fsutil import atomic_write
-            atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
         return pid
     except BaseException:
         if child is not None:
@@ -162,4 +167,3 @@ def exec_process(store, cid, process, *, console_socket=None, console_fd=None, p
     finally:
         for fd in fds:
             os.close(fd)
-

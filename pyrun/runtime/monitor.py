@@ -8,7 +8,9 @@ and a child subreaper, creates and starts the container with its stdout
 and stderr going to a log file, reports the init's pid to the caller, and
 then waits: when the init exits it writes ``exit.json`` (``{"status": N,
 "exited_at": RFC 3339}``, N being the exit code or 128+signal) next to
-the log, atomically, and leaves.  It needs a single-threaded caller (it
+the log, atomically, and leaves.  It holds an flock on ``monitor.lock``
+for its whole life, so a reader that sees the init gone can wait for the
+record instead of racing the monitor.  It needs a single-threaded caller (it
 forks and runs Python in the child), which the CLI is.
 """
 import os
@@ -18,6 +20,7 @@ from pyrun.fsutil import atomic_write
 from pyrun.jsonio import dumps, loads
 
 EXIT_FILE = "exit.json"
+LOCK_FILE = "monitor.lock"  # held by the monitor while it lives
 
 
 def _status_code(status):
@@ -34,13 +37,28 @@ def record_exit(task_dir, code):
                  dumps({"status": code, "exited_at": now_rfc3339()}).encode(), 0o644)
 
 
-def exit_status(task_dir):
-    """The recorded ``{"status", "exited_at"}`` of a task, or None."""
+def exit_status(task_dir, settled=False):
+    """The recorded ``{"status", "exited_at"}`` of a task, or None.
+    ``settled``: the task is known to have stopped; if its monitor has not
+    written the record yet (it reaps the init, then writes), wait for the
+    monitor to finish, or to be found dead (its lock is free)."""
+    path = os.path.join(task_dir, EXIT_FILE)
     try:
-        with open(os.path.join(task_dir, EXIT_FILE), "rb") as f:
+        with open(path, "rb") as f:
             return loads(f.read())
     except FileNotFoundError:
+        if not settled:
+            return None
+    try:
+        fd = os.open(os.path.join(task_dir, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return None
+    try:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)
+    return exit_status(task_dir)
 
 
 def start_detached(backend, cid, bundle, task_dir, log_path, stdin_path="/dev/null",
@@ -93,6 +111,9 @@ def _monitor(backend, cid, bundle, task_dir, log_path, stdin_path, report, on_cr
         return 0
     os.setsid()
     linux.set_child_subreaper()
+    import fcntl
+    lock = os.open(os.path.join(task_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # until this process ends
     stdin = os.open(stdin_path, os.O_RDONLY | os.O_CLOEXEC)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
     devnull = os.open("/dev/null", os.O_RDWR)

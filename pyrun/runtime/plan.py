@@ -11,6 +11,7 @@ Each :class:`Op` carries a ``what``: a readable description used in errors
 """
 import fcntl
 import os
+import threading
 
 from pyrun import _native
 from pyrun import linux as L
@@ -56,7 +57,6 @@ DEFAULT_DEVICES = (
 _DEV_TYPES = {"c": 0o020000, "u": 0o020000, "b": 0o060000, "p": 0o010000}
 
 SYNC_IDMAP = 1      # parent: write uid_map/gid_map
-SYNC_CGROUP = 2     # parent: put the process into its cgroups
 SYNC_HOOKS = 3      # parent: run prestart/createRuntime hooks, send state
 
 
@@ -84,11 +84,17 @@ class Plan(Record):
 
 class Inputs(Record):
     """What the plan needs besides the spec.  ``cgroup_paths``: hierarchy
-    mount point -> the container's group in it (for the cgroup mount)."""
+    mount point -> the container's group in it (for the cgroup mount);
+    ``cgroup_procs``: [(path, fd)] of the cgroup.procs files the init
+    joins (Manager.open_procs); ``fifo_fd`` None: no exec fifo, the init
+    goes on to its execve; ``pdeathsig``: a signal the init gets when the
+    thread that spawned it ends (prctl PR_SET_PDEATHSIG; 0: none)."""
     __slots__ = ("bundle", "rootfs", "fifo_fd", "console_fd", "preserve_fds", "no_pivot",
-                 "no_new_keyring", "container_id", "cgroup_paths", "join_cgroup", "stdio")
+                 "no_new_keyring", "container_id", "cgroup_paths", "cgroup_procs", "stdio",
+                 "pdeathsig")
     _defaults = {"console_fd": -1, "preserve_fds": 0, "no_pivot": False, "no_new_keyring": False,
-                 "container_id": "", "cgroup_paths": dict, "join_cgroup": False, "stdio": None}
+                 "container_id": "", "cgroup_paths": dict, "cgroup_procs": (), "stdio": None,
+                 "pdeathsig": 0}
 
 
 def high_fd(fd, low):
@@ -99,6 +105,20 @@ def high_fd(fd, low):
     new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
     os.close(fd)
     return new
+
+
+def high_fds(procs, low, opened):
+    """[(path, fd)] with each fd at a number >= ``low`` (a close-on-exec
+    dup where needed).  Every fd, given or made, is appended to
+    ``opened``, which the caller closes."""
+    opened.extend(fd for _, fd in procs)
+    out = []
+    for path, fd in procs:
+        if fd < low:
+            fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
+            opened.append(fd)
+        out.append((path, fd))
+    return out
 
 
 def move_stdio(stdio, low, opened):
@@ -132,6 +152,20 @@ def console_fd_for(console_socket, console_fd, low):
     if console_fd is not None:
         return high_fd(os.dup(console_fd), low)
     return None
+
+
+_own = (None, -1)
+_own_lock = threading.Lock()
+
+
+def _own_pidfd():
+    """A pidfd of this process, opened once (and again after a fork)."""
+    global _own
+    with _own_lock:
+        pid = os.getpid()
+        if _own[0] != pid:
+            _own = (pid, os.pidfd_open(pid))
+        return _own[1]
 
 
 def _cap_mask(names):
@@ -361,10 +395,7 @@ def build(spec, inp):
                      flags=rest)
         plan.add(lib.PR_OP_FORK, "fork the container init (second stage)", "namespaces")
 
-    if inp.join_cgroup or cgroupns_new:
-        plan.add(lib.PR_OP_SYNC, "wait to be placed in the container's cgroups", "namespaces",
-                 n1=SYNC_CGROUP)
-        plan.syncs.append(SYNC_CGROUP)
+    plan_cgroup_join(plan, inp.cgroup_procs)
     if cgroupns_new:
         # After joining the container's cgroup, so that it is the root of
         # the new cgroup namespace (runc does the same).
@@ -485,16 +516,16 @@ def build(spec, inp):
         name = f"_ses.{inp.container_id}"[:255]
         plan.add(lib.PR_OP_KEYRING, f"join a new session keyring {name}", "identity", s1=name)
     plan_process(plan, proc, linux, preserve_fds=inp.preserve_fds, wait_fd=inp.fifo_fd,
-                 start_hooks=spec.hooks.start_container)
+                 start_hooks=spec.hooks.start_container, pdeathsig=inp.pdeathsig)
     return plan
 
 
-def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks=()):
+def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks=(), pdeathsig=0):
     """Add the steps that turn the child into ``proc`` (a
     :class:`~pyrun.oci.spec.Process`): personality, rlimits, cwd, seccomp,
     capabilities, identity, then execve.  ``wait_fd``: the exec fifo to
-    block on before the last steps (create; none for exec).  Used by create
-    and by exec."""
+    block on before the last steps (create; none for exec).
+    ``pdeathsig``: as Inputs.pdeathsig.  Used by create and by exec."""
     # ---- identity ----
     u = proc.user
     if linux.personality is not None:
@@ -551,6 +582,11 @@ def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks
                  "identity", caps=capvals)
     if proc.no_new_privileges:
         plan.add(lib.PR_OP_NO_NEW_PRIVS, "prctl PR_SET_NO_NEW_PRIVS", "identity")
+    if pdeathsig:
+        # After the identity change, which clears it.
+        plan.add(lib.PR_OP_PDEATHSIG, f"signal {pdeathsig} when the spawning thread ends, "
+                 "or fail if the runtime has already gone", "exec", n1=pdeathsig,
+                 fd=_own_pidfd())
     if wait_fd is not None:
         plan.add(lib.PR_OP_WAIT_START, "wait for start (exec fifo)", "exec", fd=wait_fd)
     for i, h in enumerate(start_hooks):
@@ -559,6 +595,14 @@ def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks
         plan.add(**seccomp)  # as late as possible: fewer syscalls need allowing
     plan.add(lib.PR_OP_EXEC, f"execve {list(proc.args)}", "exec",
              argv=list(proc.args), envp=list(proc.env))
+
+
+def plan_cgroup_join(plan, procs):
+    """Join the cgroups whose cgroup.procs files ``procs`` ([(path, fd)])
+    are: before anything the container runs can fork, and before a new
+    cgroup namespace takes the group as its root (runc's order)."""
+    for path, fd in procs:
+        plan.add(lib.PR_OP_JOIN_CGROUP, f"join the cgroup: write \"0\" to {path}", "cgroups", fd=fd)
 
 
 def _plan_device(plan, path, kind, major, minor, mode, uid, gid, userns):

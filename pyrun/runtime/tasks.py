@@ -311,7 +311,7 @@ class Service:
             st = self.runtime(c).state(cid)
         except NotFound:
             return {"status": "none", "pid": 0, "exit_status": None}
-        rec = monitor.exit_status(self.bundle(cid)) if st["status"] == "stopped" else None
+        rec = monitor.exit_status(self.bundle(cid), settled=True) if st["status"] == "stopped" else None
         return {"status": st["status"], "pid": st.get("pid", 0),
                 "exit_status": rec["status"] if rec else None}
 

@@ -1,12 +1,12 @@
 """``run`` and ``Sandbox``: untrusted programs in throw-away containers,
-through the in-process runtime (pyrun.runtime: create, start, exec,
-delete), safe to call from many threads at once.
+through the in-process runtime's plan and child stage, safe to call from
+many threads at once.
 
-Every call owns a private scratch directory (the bundle's config.json and
-the runtime's state), a unique container id and its own cgroup; whatever
-happens in the caller (an exception, KeyboardInterrupt, a cancelled
-task), the ``finally`` blocks kill every process of the container, reap,
-remove the cgroup and the scratch directory.
+A sandbox's container lives in memory only: no bundle, no state directory.
+Every call has a unique container id and its own cgroup; whatever happens
+in the caller (an exception, KeyboardInterrupt, a cancelled task), the
+``finally`` blocks kill every process of the container, reap, and remove
+the cgroup (and an image's view snapshot).
 """
 import os
 import signal
@@ -16,7 +16,10 @@ import time
 import weakref
 
 from pyrun.errdefs import FailedPrecondition, PyrunError
-from pyrun.jsonio import dumps
+from pyrun.fsutil import remove_tree
+from pyrun.runtime import plan as planner
+from pyrun.runtime.spawn import Child
+from pyrun.runtime.state import proc_start_time
 from pyrun.sandbox import config as C
 from pyrun.sandbox.image import ImageSource
 from pyrun.sandbox.pump import Capture, pump
@@ -35,7 +38,7 @@ class Result:
     at most ``max_output`` each; ``truncated``: output was dropped;
     ``oom_killed``: the kernel's OOM killer killed a process of the
     sandbox; ``timed_out``: the timeout ran out and everything was killed;
-    ``wall_time``: seconds from start to exit; ``cpu_time``: seconds of CPU
+    ``wall_time``: seconds from its execve to its exit; ``cpu_time``: seconds of CPU
     used by all its processes (cgroup cpuacct.usage / cpu.stat
     usage_usec); ``peak_memory``: bytes, the group's high-water mark
     (memory.max_usage_in_bytes on v1, memory.peak on v2; for
@@ -87,86 +90,105 @@ def _reap(pid):
 
 
 class _Container:
-    """One container of a sandbox: scratch dir, cgroup, the runtime's
-    state; ``close()`` undoes all of it, whatever was reached."""
+    """One container of a sandbox, kept in memory: no bundle and no state
+    directory, its init spawned straight to its execve (the runtime's plan
+    and child stage, pyrun.runtime.plan and .spawn).  ``close()`` undoes
+    all of it, whatever was reached."""
 
-    def __init__(self, opts, argv, env, cwd, stdio, scratch, need_freezer):
-        from pyrun.runtime.create import create
-        from pyrun.runtime.state import Store
-
+    def __init__(self, opts, argv, env, cwd, stdio, scratch, need_freezer, pdeathsig=0):
         self.cid = _new_id()
-        self.dir = tempfile.mkdtemp(prefix="pyrun-sandbox-", dir=scratch or _default_scratch())
-        self.store = Store(os.path.join(self.dir, "state"))
+        self.dir = None
         self.cg = None
-        self.st = None
+        self.pid = None
+        self.pidfd = -1
         self.image = None
+        self.lifeline = -1
         try:
             rootfs = opts.rootfs
             if isinstance(rootfs, ImageSource):
+                # The view snapshot needs a mount point of its own.
+                self.dir = tempfile.mkdtemp(prefix="pyrun-sandbox-", dir=scratch)
                 path = os.path.join(self.dir, "rootfs")
                 os.mkdir(path, 0o755)
                 rootfs.mount(self.cid, path)
                 self.image, rootfs = rootfs, path
-            with open(os.path.join(self.dir, "config.json"), "w") as f:
-                f.write(dumps(C.build_spec(opts, self.cid, argv, env, cwd, rootfs)))
-            self.cg = C.make_cgroup(opts, self.cid, need_freezer)
-            self.st = create(self.store, self.cid, self.dir, stdio=stdio, cgroup_manager=self.cg)
+            self.spec = C.spec_for(opts, self.cid, argv, env, cwd, rootfs)
+            cg = C.make_cgroup(opts, self.cid, need_freezer)
+            cg.create()
+            self.cg = cg
+            # Limits first: the init is born into capped groups.
+            cg.set_resources()
+            self.pid, self.pidfd = _launch(self.spec, rootfs, self.cid, cg, stdio, pdeathsig)
+            self.start_time = proc_start_time(self.pid)
         except BaseException:
             self.close()
             raise
-
-    def start(self):
-        from pyrun.runtime.start import start
-        start(self.store, self.cid)
 
     def kill_all(self):
         try:
             self.cg.kill_all(signal.SIGKILL)
         except Exception:
             # Killing the init of the pid namespace takes everyone with it.
-            os.kill(self.st.pid, signal.SIGKILL)
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def close(self):
-        from pyrun.fsutil import remove_tree
-        from pyrun.runtime.delete import delete
-
         try:
-            if self.st is not None:
+            if self.pid is not None:
                 try:
                     self.kill_all()
                 except ProcessLookupError:
                     pass
                 try:
-                    os.waitpid(self.st.pid, 0)
+                    os.waitpid(self.pid, 0)
                 except ChildProcessError:
                     pass
-                delete(self.store, self.cid, force=True, cgroup_manager=self.cg)
-                self.st = None
+                self.pid = None
+            for name in ("pidfd", "lifeline"):
+                if getattr(self, name) >= 0:
+                    os.close(getattr(self, name))
+                    setattr(self, name, -1)
+            if self.cg is not None:
+                self.cg.destroy()
+                self.cg = None
             if self.image is not None:
                 self.image.unmount(self.cid, os.path.join(self.dir, "rootfs"))
                 self.image = None
         finally:
-            # Only what we made is there (config.json, the emptied state
-            # dir): plain unlink/rmdir, which can never cross a mount; the
-            # careful walk only if something else turned up.
-            try:
+            if self.dir is not None:
+                # Only the emptied mount point is there: rmdir, which can
+                # never cross a mount; the careful walk if something else is.
                 try:
-                    os.unlink(os.path.join(self.dir, "config.json"))
+                    os.rmdir(os.path.join(self.dir, "rootfs"))
+                    os.rmdir(self.dir)
                 except FileNotFoundError:
                     pass
-                for d in (self.store.root, os.path.join(self.dir, "rootfs"), self.dir):
-                    try:
-                        os.rmdir(d)
-                    except FileNotFoundError:
-                        pass
-            except OSError:
-                remove_tree(self.dir)
+                except OSError:
+                    remove_tree(self.dir)
+                self.dir = None
 
 
-def _default_scratch():
-    # A tmpfs if there is one: the runtime fsyncs its state on every save,
-    # which costs milliseconds on a disk and nothing in memory.
-    return "/dev/shm" if os.path.isdir("/dev/shm") else None
+def _launch(spec, rootfs, cid, cg, stdio, pdeathsig):
+    """Spawn the container's init of ``spec`` into the (created) groups of
+    ``cg`` with ``stdio``, straight to its execve: no exec fifo, no hooks,
+    no wait for the parent, so the child stage runs in our memory until
+    then (see pyrun.runtime.spawn).  ``pdeathsig``: as Inputs.pdeathsig.
+    Returns (pid, pidfd); raises StepError naming the step that failed
+    (the child is reaped)."""
+    fds = []
+    try:
+        procs = planner.high_fds(cg.open_procs(), 3, fds)
+        stdio = planner.move_stdio(stdio, 3, fds)
+        plan = planner.build(spec, planner.Inputs(bundle=rootfs, rootfs=rootfs, fifo_fd=None,
+                                                  container_id=cid, cgroup_procs=procs,
+                                                  stdio=stdio, pdeathsig=pdeathsig))
+        child = Child(plan, None, until_exec=True)
+        pid = child.spawn()
+        pidfd, child.pidfd = child.pidfd, -1
+        child.close()
+        return pid, pidfd
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _pipes():
@@ -229,9 +251,9 @@ def run(argv, *, rootfs=None, bundle=None, image=None, db=None, namespace="defau
     ``writable``: paths inside that get a tmpfs of ``tmp_size`` bytes (as
     /tmp always does).  ``max_output``: bytes kept per stream; the rest is
     read and dropped.  ``cgroup_parent``: the absolute cgroup under which
-    the sandbox's group is made (default /pyrun).  ``scratch``: the
-    directory for the private bundle and state (default /dev/shm, a
-    tmpfs, else the temp dir).
+    the sandbox's group is made (default /pyrun).  ``scratch``: where
+    an ``image``'s view snapshot is mounted (default: the temp dir);
+    nothing else of a sandbox is on disk.
 
     Raises InvalidArgument (naming the bad argument), NotFound (rootfs,
     mount source, image), and what the runtime raises
@@ -252,24 +274,23 @@ def run(argv, *, rootfs=None, bundle=None, image=None, db=None, namespace="defau
     ctr = None
     try:
         try:
-            ctr = _Container(opts, argv, env, cwd, theirs, scratch, need_freezer=False)
+            # The calling thread waits in here until the end: if it dies
+            # with its process (SIGKILL), so does the sandbox.
+            ctr = _Container(opts, argv, env, cwd, theirs, scratch, need_freezer=False,
+                             pdeathsig=signal.SIGKILL)
         finally:
             _close(theirs)
-        pid = ctr.st.pid
-        pidfd = os.pidfd_open(pid)
-        try:
-            out, err = Capture(max_output), Capture(max_output)
-            t0 = time.monotonic()
-            ctr.start()
-            deadline = None if timeout is None else t0 + timeout
-            in_fd, out_fd, err_fd = ours
-            ours = ()  # pump closes them
-            reason = pump(pidfd, in_fd, data, out_fd, err_fd, out, err, deadline, ctr.kill_all,
-                          _cancel_fd)
-            code, sig = _reap(pid)
-            wall = time.monotonic() - t0
-        finally:
-            os.close(pidfd)
+        # The init has exec'd: its clock starts now.
+        t0 = time.monotonic()
+        out, err = Capture(max_output), Capture(max_output)
+        deadline = None if timeout is None else t0 + timeout
+        in_fd, out_fd, err_fd = ours
+        ours = ()  # pump closes them
+        reason = pump(ctr.pidfd, in_fd, data, out_fd, err_fd, out, err, deadline, ctr.kill_all,
+                      _cancel_fd)
+        code, sig = _reap(ctr.pid)
+        wall = time.monotonic() - t0
+        ctr.pid = None  # reaped
         cpu, peak, ooms = C.read_usage(ctr.cg)
         if reason == "cancelled":
             raise Cancelled()
@@ -282,10 +303,11 @@ def run(argv, *, rootfs=None, bundle=None, image=None, db=None, namespace="defau
 
 
 class Sandbox:
-    """A long-lived sandbox: one container whose init idles
-    (``sleep 2147483647``), in which :meth:`exec` runs commands one at a
-    time (calls from several threads queue on a lock).  Use it as a
-    context manager, or call :meth:`close`.
+    """A long-lived sandbox: one container whose init idles (``cat``,
+    reading a pipe that only this process can write to, so that the
+    sandbox ends with this process however it ends), in which
+    :meth:`exec` runs commands one at a time (calls from several threads
+    queue on a lock).  Use it as a context manager, or call :meth:`close`.
 
     Takes the container-level arguments of :func:`run` (rootfs/bundle/
     image with db/namespace/snapshotter, user, memory, cpus, pids, network, mounts, writable, tmp_size,
@@ -308,18 +330,23 @@ class Sandbox:
                                writable=writable, cgroup_parent=cgroup_parent, tmp_size=tmp_size)
         self._lock = threading.Lock()
         self._ctr = None
+        # The idle init is `cat` reading a pipe whose only write end we
+        # hold: when this process ends, even by SIGKILL, it reads EOF and
+        # exits, and with it every process of the sandbox (the threads
+        # that could carry a PR_SET_PDEATHSIG come and go).
         null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        r, w = os.pipe2(os.O_CLOEXEC)
         try:
-            self._ctr = _Container(self._opts, ["sleep", "2147483647"], C.check_env(None), "/",
-                                   (null, null, null), scratch, need_freezer=True)
-            self._ctr.start()
+            self._ctr = _Container(self._opts, ["cat"], C.check_env(None), "/",
+                                   (r, null, null), scratch, need_freezer=True)
+            self._ctr.lifeline, w = w, -1
         except BaseException:
             if self._ctr is not None:
                 self._ctr.close()
                 self._ctr = None
             raise
         finally:
-            os.close(null)
+            _close((null, r, w))
         # A sandbox dropped without close() is still removed: when it is
         # collected, or at interpreter exit.
         self._finalizer = weakref.finalize(self, self._ctr.close)
@@ -340,7 +367,7 @@ class Sandbox:
         Raises InvalidArgument, FailedPrecondition (closed, or its init
         died: e.g. killed by the OOM killer), StepError.
         """
-        from pyrun.runtime.exec import exec_process, process_for_exec
+        from pyrun.runtime.exec import exec_in
 
         argv = C.check_argv(argv)
         env = C.check_env(env)
@@ -355,12 +382,12 @@ class Sandbox:
                 raise FailedPrecondition("the sandbox is closed")
             cpu0, _, ooms0 = C.read_usage(ctr.cg)
             self._reset_peak(ctr)
-            process = process_for_exec(ctr.st, argv, env=env, cwd=cwd, user=f"{u[0]}:{u[1]}")
+            process = C.process_for(u, argv, env, cwd)
             ours, theirs = _pipes()
             try:
                 try:
-                    pid = exec_process(ctr.store, ctr.cid, process, stdio=theirs,
-                                       cgroup_manager=ctr.cg)
+                    pid = exec_in(ctr.cid, ctr.pid, ctr.start_time, ctr.spec, process,
+                                  stdio=theirs, cgroup_manager=ctr.cg)
                 finally:
                     _close(theirs)
                 pidfd = os.pidfd_open(pid)
@@ -407,7 +434,7 @@ class Sandbox:
         m.freeze()
         try:
             for other in m.pids():
-                if other != ctr.st.pid:
+                if other != ctr.pid:
                     try:
                         os.kill(other, signal.SIGKILL)
                     except ProcessLookupError:

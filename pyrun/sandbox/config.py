@@ -199,7 +199,6 @@ class Options:
 def build_spec(opts, cid, argv, env, cwd, rootfs):
     """The OCI config (a dict) of the sandbox's container, on the
     directory ``rootfs``."""
-    uid, gid = opts.user
     nosuid = ["nosuid", "nodev"]
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": nosuid + ["noexec"]},
@@ -217,15 +216,9 @@ def build_spec(opts, cid, argv, env, cwd, rootfs):
         mounts.append({"destination": w, "type": "tmpfs", "source": "tmpfs",
                        "options": nosuid + ["mode=1777", f"size={opts.tmp_size}"]})
     kinds = ["pid", "ipc", "uts", "mount", "cgroup"] + ([] if opts.network else ["network"])
-    no_caps = {k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")}
     return {
         "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False, "user": {"uid": uid, "gid": gid}, "args": argv, "env": env,
-            "cwd": cwd, "capabilities": no_caps, "noNewPrivileges": True,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
-                        {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}],
-        },
+        "process": _process(opts.user, argv, env, cwd),
         "root": {"path": rootfs, "readonly": True},
         "hostname": "sandbox",
         "mounts": mounts,
@@ -240,6 +233,34 @@ def build_spec(opts, cid, argv, env, cwd, rootfs):
                               "/proc/sysrq-trigger"],
         },
     }
+
+
+def _process(user, argv, env, cwd):
+    uid, gid = user
+    return {
+        "terminal": False, "user": {"uid": uid, "gid": gid}, "args": argv, "env": env,
+        "cwd": cwd, "capabilities": {k: [] for k in ("bounding", "effective", "permitted",
+                                                     "inheritable", "ambient")},
+        "noNewPrivileges": True,
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+                    {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}],
+    }
+
+
+def spec_for(opts, cid, argv, env, cwd, rootfs):
+    """:func:`build_spec`, parsed and validated (pyrun.oci.spec.Spec)."""
+    from pyrun.oci.spec import parse
+    from pyrun.oci.validate import validate
+    spec = parse(build_spec(opts, cid, argv, env, cwd, rootfs))
+    validate(spec)
+    return spec
+
+
+def process_for(user, argv, env, cwd):
+    """The parsed process of a command exec'd in a sandbox (same
+    restrictions as its init)."""
+    from pyrun.oci.spec import _parse_process
+    return _parse_process(_process(user, argv, env, cwd))
 
 
 # -- cgroups ---------------------------------------------------------------

@@ -35,10 +35,10 @@ NOTES = [
                                "one directory per controller."),
     ("clone3(", "One `clone3` creates the container's init and all its new namespaces at once. "
                 "`CLONE_PIDFD` hands back a pidfd, so that later signals can never hit a recycled pid."),
-    ("write(\"/sys/fs/cgroup/", "Each limit is one write to one cgroup file. `cgroup.procs` moves "
-                                "the init into the group before it runs anything of the container's."),
-    ("sendmsg(sync socket) + recvmsg", "The child stops and waits: the runtime must act on it from "
-                                       "outside (here, put it into its cgroups) before it goes on."),
+    ("cgroup.procs\", \"0\")", "The init joins its groups itself, first thing: writing `0` to "
+                               "`cgroup.procs` moves the writer.  The runtime opened these files "
+                               "before the clone; the kernel checks the opener's rights."),
+    ("write(\"/sys/fs/cgroup/", "Each limit is one write to one cgroup file."),
     ("sethostname(", "The UTS namespace is new, so the hostname can change without touching the host's."),
     ("MS_REC|MS_SLAVE", "First make every mount in the new namespace a slave: mounts made from now on "
                         "cannot propagate back to the host."),

@@ -164,6 +164,8 @@ def child_calls(op, spec=None):
     if k == "WAIT_START":
         return ["read(exec.fifo) returns: start wrote its byte",
                 "(before it, sendmsg(sync socket, READY) told create that the container exists)"]
+    if k == "JOIN_CGROUP":
+        return [f"write(\"{op.what.rsplit(' ', 1)[1]}\", \"0\"): move itself into the group"]
     if k == "FORK":
         return ["clone3(CLONE_PARENT): the second stage becomes the container's init"]
     if k == "SECCOMP":
