@@ -1170,8 +1170,9 @@ static int run_op(struct pr_plan *p, struct pr_op *o)
 	case PR_OP_FORK: {
 		/* Second stage: the new process becomes our parent's child
 		 * (CLONE_PARENT) and, after unshare(CLONE_NEWPID), pid 1 of the
-		 * new pid namespace.  We report its pid and leave. */
-		long pid = pr_clone3(o->flags | 0x00008000 /* CLONE_PARENT */, NULL, 0);
+		 * new pid namespace; fd: a cgroup2 group to be born in.  We
+		 * report its pid and leave. */
+		long pid = pr_clone3(o->flags | 0x00008000 /* CLONE_PARENT */, NULL, 0, o->fd);
 		if (pid < 0)
 			return -errno;
 		if (pid > 0) {
@@ -1246,19 +1247,57 @@ static int vm_child(void *arg)
 
 #define PR_VM_STACK (1UL << 20)
 
+#if defined(__x86_64__)
+/* clone3 with a stack of its own, which libc does not offer: the child
+ * starts on the new stack with no frame to return to, so it must not come
+ * back from C here; it calls fn(arg), which never returns. */
+static long clone3_on_stack(struct pr_clone_args *args, int (*fn)(void *), void *arg)
+{
+	long ret = SYS_clone3;
+	register void *r12 __asm__("r12") = (void *)fn;
+	register void *r13 __asm__("r13") = arg;
+
+	__asm__ __volatile__(
+		"syscall\n\t"
+		"testq %%rax, %%rax\n\t"
+		"jnz 1f\n\t"
+		"xorl %%ebp, %%ebp\n\t"
+		"movq %%r13, %%rdi\n\t"
+		"callq *%%r12\n\t"
+		"movl $60, %%eax\n\t"	/* SYS_exit, should fn return */
+		"xorl %%edi, %%edi\n\t"
+		"syscall\n\t"
+		"1:\n\t"
+		: "+a"(ret)
+		: "D"(args), "S"(sizeof(*args)), "r"(r12), "r"(r13)
+		: "rcx", "r11", "memory");
+	if (ret < 0) {
+		errno = (int)-ret;
+		return -1;
+	}
+	return ret;
+}
+#define PR_HAVE_CLONE3_ON_STACK 1
+#else
+#define PR_HAVE_CLONE3_ON_STACK 0
+#endif
+
 /* Clone the child stage.  share_vm: posix_spawn's way (CLONE_VM |
  * CLONE_VFORK on a stack of its own), which copies no page tables of the
  * (large) caller and returns once the child has exec'd or exited; only for
  * plans in which the child never waits for the parent (no PR_OP_SYNC,
- * PR_OP_WAIT_START, PR_OP_FORK, no trace).  All signals are blocked
+ * PR_OP_WAIT_START, PR_OP_FORK, no trace).  cgroup_fd >= 0: the child is
+ * born in that cgroup2 group (see pr_clone3).  All signals are blocked
  * around the clone so that no handler of the caller runs in the child. */
-long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd, int share_vm)
+long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd, int share_vm, int cgroup_fd)
 {
 	uint64_t all = ~0ULL, old;
 	void *stack = NULL;
 	long pid;
 	int err;
 
+	if (share_vm && cgroup_fd >= 0 && !PR_HAVE_CLONE3_ON_STACK)
+		share_vm = 0;	/* clone(2) cannot place it in a cgroup */
 	if (share_vm) {
 		stack = mmap(NULL, PR_VM_STACK, PROT_READ | PROT_WRITE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
@@ -1267,11 +1306,27 @@ long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd, int share_vm)
 	}
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
 	if (share_vm) {
+#if PR_HAVE_CLONE3_ON_STACK
+		struct pr_clone_args args;
+
+		memset(&args, 0, sizeof(args));
+		args.flags = clone_flags | CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
+		args.pidfd = (uint64_t)(uintptr_t)pidfd;
+		args.exit_signal = SIGCHLD;
+		args.stack = (uint64_t)(uintptr_t)stack;
+		args.stack_size = PR_VM_STACK;
+		if (cgroup_fd >= 0) {
+			args.flags |= PR_CLONE_INTO_CGROUP;
+			args.cgroup = (uint64_t)cgroup_fd;
+		}
+		pid = clone3_on_stack(&args, vm_child, p);
+#else
 		pid = clone(vm_child, (char *)stack + PR_VM_STACK,
 			    (int)clone_flags | CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, p,
 			    pidfd);
+#endif
 	} else {
-		pid = pr_clone3(clone_flags | CLONE_PIDFD, pidfd, SIGCHLD);
+		pid = pr_clone3(clone_flags | CLONE_PIDFD, pidfd, SIGCHLD, cgroup_fd);
 		if (pid == 0)
 			child_start(p);
 	}

@@ -30,8 +30,9 @@ struct pr_cap_header { uint32_t version; int pid; };
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
+#define PR_CLONE_INTO_CGROUP 0x200000000ULL
 
-long pr_clone3(uint64_t flags, int *pidfd, int exit_signal);
+long pr_clone3(uint64_t flags, int *pidfd, int exit_signal, int cgroup_fd);
 int pr_unshare(int flags);
 int pr_setns(int fd, int nstype);
 int pr_pivot_root(const char *new_root, const char *put_old);
@@ -164,7 +165,8 @@ struct pr_plan {
 	char *parent_buf;
 };
 
-long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd, int share_vm);
+long pr_spawn(struct pr_plan *p, uint64_t clone_flags, int *pidfd, int share_vm,
+	      int cgroup_fd);
 /* cgroup_bpf.c: cgroup v2 device filters. */
 int pr_bpf_prog_load_cgroup_device(const void *insns, unsigned int insn_cnt,
 				   const char *license, char *log_buf, unsigned int log_size);

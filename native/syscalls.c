@@ -9,10 +9,14 @@
  */
 #include "pyrun.h"
 
-long pr_clone3(uint64_t flags, int *pidfd, int exit_signal)
+long pr_clone3(uint64_t flags, int *pidfd, int exit_signal, int cgroup_fd)
 {
 	/* Fork-like clone3: no new stack, so the child returns here as from
-	 * fork().  Falls back to clone(2) on kernels without clone3. */
+	 * fork().  cgroup_fd >= 0: born in that cgroup2 group
+	 * (CLONE_INTO_CGROUP), which takes the global cgroup lock only for
+	 * reading where a later write to cgroup.procs would wait for an RCU
+	 * grace period.  Without it, falls back to clone(2) on kernels
+	 * without clone3. */
 	struct pr_clone_args args;
 	long ret;
 
@@ -20,8 +24,12 @@ long pr_clone3(uint64_t flags, int *pidfd, int exit_signal)
 	args.flags = flags;
 	args.pidfd = (uint64_t)(uintptr_t)pidfd;
 	args.exit_signal = (uint64_t)exit_signal;
+	if (cgroup_fd >= 0) {
+		args.flags |= PR_CLONE_INTO_CGROUP;
+		args.cgroup = (uint64_t)cgroup_fd;
+	}
 	ret = syscall(SYS_clone3, &args, sizeof(args));
-	if (ret < 0 && errno == ENOSYS) {
+	if (ret < 0 && errno == ENOSYS && cgroup_fd < 0) {
 		if (flags & CLONE_PIDFD) {
 			/* clone(2) puts the pidfd where parent_tid points. */
 			ret = syscall(SYS_clone, (flags & ~0xffULL) | (uint64_t)exit_signal,

@@ -22,6 +22,7 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWTIME = 0x00000080
 CLONE_PIDFD = 0x00001000
 CLONE_FS = 0x00000200  # unshare(2): a private cwd/root/umask for this thread
+CLONE_INTO_CGROUP = 0x200000000  # clone3(2): born in the cgroup2 group of clone_args.cgroup
 
 CLONE_FLAGS = {
     "CLONE_NEWNS": CLONE_NEWNS,
@@ -34,6 +35,7 @@ CLONE_FLAGS = {
     "CLONE_NEWTIME": CLONE_NEWTIME,
     "CLONE_PIDFD": CLONE_PIDFD,
     "CLONE_FS": CLONE_FS,
+    "CLONE_INTO_CGROUP": CLONE_INTO_CGROUP,
 }
 
 # mount(2) flags (<sys/mount.h>).

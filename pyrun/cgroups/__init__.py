@@ -8,7 +8,7 @@ Typical use by the runtime (the order matters)::
     m.create()              # mkdir in every hierarchy
     state.cgroup = m.describe()
     m.apply(pid)            # the container process, before it execs (or it
-                            # joins itself through m.open_procs())
+                            # joins by itself through m.open_join())
     m.set(res)              # limits and device rules, still before exec
     ...
     m = Manager.from_state(state.cgroup)                        # later commands

@@ -157,26 +157,34 @@ class Manager:
                         raise
                     time.sleep(0.01 * (attempt + 1))
 
-    def open_procs(self):
-        """Open the group's cgroup.procs in every hierarchy, for a process
-        to join by writing "0" itself (the runtime's child stage does so
-        before its execve; the kernel checks the opener's rights).
-        Returns [(path, fd)], close-on-exec; the caller closes them.
-        Raises SyscallError naming the file."""
-        out = []
+    def open_join(self):
+        """What a new process needs to join the group by itself, without
+        the global cgroup lock whose first write-locking after a quiet
+        spell waits an RCU grace period (5-15 ms here): the v1 ``tasks``
+        files, to which a single-threaded process writes "0" (moving only
+        the current thread skips the lock), and the cgroup2 directory, for
+        clone3's CLONE_INTO_CGROUP.  Returns ([(tasks path, fd)], directory
+        fd or -1), all close-on-exec; the caller closes them.  Raises
+        SyscallError naming the file."""
+        tasks, dfd = [], -1
         try:
             for key in self.paths:
-                full = fs.join(self.hierarchy_root(key), self.paths[key], "cgroup.procs")
+                full = fs.join(self.hierarchy_root(key), self.paths[key], "" if key == "" else "tasks")
+                flags = os.O_CLOEXEC | (os.O_RDONLY | os.O_DIRECTORY if key == "" else
+                                        os.O_WRONLY | os.O_NOFOLLOW)
                 try:
-                    fd = os.open(full, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    fd = os.open(full, flags)
                 except OSError as e:
                     raise SyscallError(e.errno, "open", full, full) from None
-                out.append((full, fd))
+                if key == "":
+                    dfd = fd
+                else:
+                    tasks.append((full, fd))
         except BaseException:
-            for _, fd in out:
+            for fd in [fd for _, fd in tasks] + ([dfd] if dfd >= 0 else []):
                 os.close(fd)
             raise
-        return out
+        return tasks, dfd
 
     def set(self, res):
         """Write every limit in ``res`` (a Resources); absent (None, empty)

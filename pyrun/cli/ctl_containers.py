@@ -1,13 +1,13 @@
 """``pyrunctl run``, ``containers …`` and ``tasks …``: containers made
 from images and their tasks (ctr's commands of the same names), over
 :class:`pyrun.runtime.tasks.Service`."""
-import json
 import os
 import sys
 
 from pyrun.cli.ctl import table
 from pyrun.cli.ctl_storage import _fmt_labels, _labels
 from pyrun.errdefs import InvalidArgument
+from pyrun.jsonio import loads
 
 
 def _service(ctx):
@@ -109,6 +109,7 @@ def containers_ls(ctx):
 
 
 def containers_info(ctx):
+    import json  # here: the module costs every pyrunctl call 5 ms of imports
     c = _service(ctx).get(ctx.args.id)
     print(json.dumps({"ID": c.id, "Labels": c.labels, "Image": c.image, "Runtime": c.runtime,
                       "SnapshotKey": c.snapshot_key, "Snapshotter": c.snapshotter,
@@ -224,6 +225,7 @@ def tasks_resume(ctx):
 
 
 def tasks_metrics(ctx):
+    import json
     print(json.dumps(_service(ctx).metrics(ctx.args.id), indent=4))
 
 
@@ -276,7 +278,7 @@ def images_from_dir(ctx):
     cmd = ctx.args.cmd
     if cmd.startswith("["):
         try:
-            cmd = json.loads(cmd)
+            cmd = loads(cmd)
         except ValueError:
             raise InvalidArgument(f"--cmd {ctx.args.cmd!r}: not a JSON array") from None
     else:

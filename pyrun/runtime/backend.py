@@ -6,8 +6,6 @@ same small interface, used by :mod:`pyrun.runtime.monitor` and
 exec.  Status words and errors are runc's.
 """
 import os
-import shutil
-import subprocess
 
 from pyrun.errdefs import FailedPrecondition, InvalidArgument, NotFound
 
@@ -18,6 +16,7 @@ def for_name(name, state_root):
     exists."""
     if not name or name == "pyrun":
         return InProcess(state_root)
+    import shutil  # only here: shutil and subprocess cost pyrunctl 8 ms of imports
     path = name if os.path.sep in name else shutil.which(name)
     if not path or not os.access(path, os.X_OK):
         raise InvalidArgument(f"--runtime {name!r}: no such executable")
@@ -89,6 +88,7 @@ class Binary:
         """Run ``RUNTIME --root ROOT ARGS``.  With ``stdio`` (create, exec)
         the container inherits those fds, so errors are read from a
         ``--log`` file rather than a pipe the container would hold open."""
+        import subprocess
         import tempfile
         with tempfile.NamedTemporaryFile(prefix="pyrun-runtime-log-") as log:
             cmd = [self.path, "--root", self.root, "--log", log.name, *args]

@@ -29,8 +29,8 @@ class ContainerCgroup:
     def mount_sources(self):
         return self.manager.mount_sources()
 
-    def open_procs(self):
-        return self.manager.open_procs()
+    def open_join(self):
+        return self.manager.open_join()
 
     def set_resources(self):
         if self.resources is not None:

@@ -134,14 +134,14 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             st.oom = cgroup_manager.oom_counter()
         if stdio is not None:
             stdio = planner.move_stdio(stdio, low, fds)
-        procs = ()
+        join = ((), -1)
         if cgroup_manager is not None:
-            procs = planner.high_fds(cgroup_manager.open_procs(), low, fds)
+            join = planner.high_join(cgroup_manager.open_join(), low, fds)
         inp = planner.Inputs(
             bundle=bundle, rootfs=rootfs, fifo_fd=fifo_fd,
             console_fd=console_fd if console_fd is not None else -1,
             preserve_fds=preserve_fds, no_pivot=no_pivot, no_new_keyring=no_new_keyring,
-            container_id=cid, cgroup_procs=procs,
+            container_id=cid, cgroup_join=join,
             cgroup_paths=cgroup_manager.mount_sources() if cgroup_manager is not None else {},
             stdio=stdio,
         )

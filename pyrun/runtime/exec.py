@@ -123,10 +123,13 @@ def exec_in(cid, init_pid, start_time, spec, process, *, console_socket=None, co
                 raise FailedPrecondition(f"cannot exec in container {cid!r}: its init is gone")
             plan.add(lib.PR_OP_SETNS, f"setns {kind} of the container's init", "namespaces",
                      fd=fd, flags=planner.NS_FLAGS[kind])
-        # setns into a pid (or time) namespace applies to children: fork.
-        plan.add(lib.PR_OP_FORK, "fork into the container's pid namespace", "namespaces")
-        if cgroup_manager is not None:
-            planner.plan_cgroup_join(plan, planner.high_fds(cgroup_manager.open_procs(), low, fds))
+        # setns into a pid (or time) namespace applies to children: fork,
+        # into the cgroup2 group.
+        tasks, cgroup_fd = ((), -1) if cgroup_manager is None else \
+            planner.high_join(cgroup_manager.open_join(), low, fds)
+        plan.add(lib.PR_OP_FORK, "fork into the container's pid namespace", "namespaces",
+                 fd=cgroup_fd)
+        planner.plan_cgroup_join(plan, tasks)
         if process.terminal:
             console_fd = planner.console_fd_for(console_socket, console_fd, low)
             if console_fd is None:

@@ -9,9 +9,9 @@ the exact flags and paths without creating anything.
 Each :class:`Op` carries a ``what``: a readable description used in errors
 ("mount proc on /proc (MS_NOSUID|MS_NODEV|MS_NOEXEC)") and in the trace.
 """
+import _thread
 import fcntl
 import os
-import threading
 
 from pyrun import _native
 from pyrun import linux as L
@@ -72,9 +72,10 @@ class Op(Record):
 
 class Plan(Record):
     """The steps, the clone flags of the first stage, the namespace fds
-    the parent opened (kind -> fd), and the sync points (SYNC_*)."""
-    __slots__ = ("ops", "clone_flags", "ns_fds", "syncs")
-    _defaults = {"ops": list, "clone_flags": 0, "ns_fds": dict, "syncs": list}
+    the parent opened (kind -> fd), the sync points (SYNC_*), and the
+    cgroup2 directory fd the first stage is born in (-1: none)."""
+    __slots__ = ("ops", "clone_flags", "ns_fds", "syncs", "cgroup_fd")
+    _defaults = {"ops": list, "clone_flags": 0, "ns_fds": dict, "syncs": list, "cgroup_fd": -1}
 
     def add(self, kind, what, phase, **kw):
         op = Op(kind, what, phase, **kw)
@@ -85,15 +86,16 @@ class Plan(Record):
 class Inputs(Record):
     """What the plan needs besides the spec.  ``cgroup_paths``: hierarchy
     mount point -> the container's group in it (for the cgroup mount);
-    ``cgroup_procs``: [(path, fd)] of the cgroup.procs files the init
-    joins (Manager.open_procs); ``fifo_fd`` None: no exec fifo, the init
+    ``cgroup_join``: what the init needs to join its groups
+    (Manager.open_join: v1 ``tasks`` files, cgroup2 directory fd);
+    ``fifo_fd`` None: no exec fifo, the init
     goes on to its execve; ``pdeathsig``: a signal the init gets when the
     thread that spawned it ends (prctl PR_SET_PDEATHSIG; 0: none)."""
     __slots__ = ("bundle", "rootfs", "fifo_fd", "console_fd", "preserve_fds", "no_pivot",
-                 "no_new_keyring", "container_id", "cgroup_paths", "cgroup_procs", "stdio",
+                 "no_new_keyring", "container_id", "cgroup_paths", "cgroup_join", "stdio",
                  "pdeathsig")
     _defaults = {"console_fd": -1, "preserve_fds": 0, "no_pivot": False, "no_new_keyring": False,
-                 "container_id": "", "cgroup_paths": dict, "cgroup_procs": (), "stdio": None,
+                 "container_id": "", "cgroup_paths": dict, "cgroup_join": ((), -1), "stdio": None,
                  "pdeathsig": 0}
 
 
@@ -107,18 +109,21 @@ def high_fd(fd, low):
     return new
 
 
-def high_fds(procs, low, opened):
-    """[(path, fd)] with each fd at a number >= ``low`` (a close-on-exec
-    dup where needed).  Every fd, given or made, is appended to
-    ``opened``, which the caller closes."""
-    opened.extend(fd for _, fd in procs)
-    out = []
-    for path, fd in procs:
-        if fd < low:
+def high_join(join, low, opened):
+    """Manager.open_join's ([(path, fd)], fd) with every fd at a number
+    >= ``low`` (a close-on-exec dup where needed).  Every fd, given or
+    made, is appended to ``opened``, which the caller closes."""
+    tasks, dfd = join
+    opened.extend(fd for _, fd in tasks)
+    if dfd >= 0:
+        opened.append(dfd)
+
+    def up(fd):
+        if 0 <= fd < low:
             fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
             opened.append(fd)
-        out.append((path, fd))
-    return out
+        return fd
+    return [(path, up(fd)) for path, fd in tasks], up(dfd)
 
 
 def move_stdio(stdio, low, opened):
@@ -155,7 +160,7 @@ def console_fd_for(console_socket, console_fd, low):
 
 
 _own = (None, -1)
-_own_lock = threading.Lock()
+_own_lock = _thread.allocate_lock()  # (threading costs the CLI 8 ms of imports)
 
 
 def _own_pidfd():
@@ -393,9 +398,14 @@ def build(spec, inp):
         if rest:
             plan.add(lib.PR_OP_UNSHARE, f"unshare {L.flag_names(rest, L.CLONE_FLAGS)}", "namespaces",
                      flags=rest)
-        plan.add(lib.PR_OP_FORK, "fork the container init (second stage)", "namespaces")
+        fork = plan.add(lib.PR_OP_FORK, "fork the container init (second stage)", "namespaces")
 
-    plan_cgroup_join(plan, inp.cgroup_procs)
+    tasks, cgroup_fd = inp.cgroup_join
+    if two_stage:
+        fork.fd = cgroup_fd  # the second stage, the init, is born in the group
+    else:
+        plan.cgroup_fd = cgroup_fd
+    plan_cgroup_join(plan, tasks)
     if cgroupns_new:
         # After joining the container's cgroup, so that it is the root of
         # the new cgroup namespace (runc does the same).
@@ -597,11 +607,12 @@ def plan_process(plan, proc, linux, *, preserve_fds=0, wait_fd=None, start_hooks
              argv=list(proc.args), envp=list(proc.env))
 
 
-def plan_cgroup_join(plan, procs):
-    """Join the cgroups whose cgroup.procs files ``procs`` ([(path, fd)])
-    are: before anything the container runs can fork, and before a new
-    cgroup namespace takes the group as its root (runc's order)."""
-    for path, fd in procs:
+def plan_cgroup_join(plan, tasks):
+    """Join the v1 cgroups whose ``tasks`` files are ``tasks`` ([(path,
+    fd)], Manager.open_join): before anything the container runs can fork,
+    and before a new cgroup namespace takes the group as its root (runc's
+    order).  (The cgroup2 group is joined at the clone.)"""
+    for path, fd in tasks:
         plan.add(lib.PR_OP_JOIN_CGROUP, f"join the cgroup: write \"0\" to {path}", "cgroups", fd=fd)
 
 

@@ -147,14 +147,20 @@ class Child:
         pidfd = ffi.new("int *", -1)
         tr = trace.current()
         t0 = tr.now() if tr is not None else 0
-        pid = lib.pr_spawn(self._cplan, self.plan.clone_flags, pidfd, self._share_vm(tr))
+        pid = lib.pr_spawn(self._cplan, self.plan.clone_flags, pidfd, self._share_vm(tr),
+                           self.plan.cgroup_fd)
         err = ffi.errno if pid < 0 else 0
         os.close(self._child_fd)
         if tr is not None:
-            from pyrun.linux import CLONE_PIDFD
+            from pyrun.linux import CLONE_INTO_CGROUP, CLONE_PIDFD
             from pyrun.trace.steps import clone_flags
-            tr.call("namespaces", f"clone3({clone_flags(self.plan.clone_flags | CLONE_PIDFD)}, "
-                    "exit_signal=SIGCHLD)", f"{pid} (the child's pid on the host)", err, t0)
+            flags = self.plan.clone_flags | CLONE_PIDFD
+            into = ""
+            if self.plan.cgroup_fd >= 0:
+                flags |= CLONE_INTO_CGROUP
+                into = f", cgroup={os.readlink(f'/proc/self/fd/{self.plan.cgroup_fd}')}"
+            tr.call("namespaces", f"clone3({clone_flags(flags)}, exit_signal=SIGCHLD{into})",
+                    f"{pid} (the child's pid on the host)", err, t0)
         if pid < 0:
             raise StepError(err, f"clone {self.plan.clone_flags:#x}", "namespaces")
         self.pid = pid

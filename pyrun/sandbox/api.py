@@ -176,10 +176,10 @@ def _launch(spec, rootfs, cid, cg, stdio, pdeathsig):
     (the child is reaped)."""
     fds = []
     try:
-        procs = planner.high_fds(cg.open_procs(), 3, fds)
+        join = planner.high_join(cg.open_join(), 3, fds)
         stdio = planner.move_stdio(stdio, 3, fds)
         plan = planner.build(spec, planner.Inputs(bundle=rootfs, rootfs=rootfs, fifo_fd=None,
-                                                  container_id=cid, cgroup_procs=procs,
+                                                  container_id=cid, cgroup_join=join,
                                                   stdio=stdio, pdeathsig=pdeathsig))
         child = Child(plan, None, until_exec=True)
         pid = child.spawn()

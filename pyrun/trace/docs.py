@@ -34,10 +34,14 @@ NOTES = [
     ("mkdir(\"/sys/fs/cgroup", "The container's cgroups are made before the process exists, "
                                "one directory per controller."),
     ("clone3(", "One `clone3` creates the container's init and all its new namespaces at once. "
-                "`CLONE_PIDFD` hands back a pidfd, so that later signals can never hit a recycled pid."),
-    ("cgroup.procs\", \"0\")", "The init joins its groups itself, first thing: writing `0` to "
-                               "`cgroup.procs` moves the writer.  The runtime opened these files "
-                               "before the clone; the kernel checks the opener's rights."),
+                "`CLONE_PIDFD` hands back a pidfd, so that later signals can never hit a recycled pid; "
+                "`CLONE_INTO_CGROUP` has it born in its cgroup2 group."),
+    ("tasks\", \"0\")", "The init joins its v1 groups itself, first thing: writing `0` to "
+                        "`tasks` moves the writing thread, its only one, without the global "
+                        "cgroup lock that a write to `cgroup.procs` takes (whose first use after "
+                        "a quiet spell waits for an RCU grace period, 5-15 ms).  The runtime "
+                        "opened these files before the clone; the kernel checks the opener's "
+                        "rights."),
     ("write(\"/sys/fs/cgroup/", "Each limit is one write to one cgroup file."),
     ("sethostname(", "The UTS namespace is new, so the hostname can change without touching the host's."),
     ("MS_REC|MS_SLAVE", "First make every mount in the new namespace a slave: mounts made from now on "

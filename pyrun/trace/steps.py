@@ -167,7 +167,8 @@ def child_calls(op, spec=None):
     if k == "JOIN_CGROUP":
         return [f"write(\"{op.what.rsplit(' ', 1)[1]}\", \"0\"): move itself into the group"]
     if k == "FORK":
-        return ["clone3(CLONE_PARENT): the second stage becomes the container's init"]
+        into = "|CLONE_INTO_CGROUP" if op.fd >= 0 else ""
+        return [f"clone3(CLONE_PARENT{into}): the second stage becomes the container's init"]
     if k == "SECCOMP":
         detail = seccomp_summary(spec.linux.seccomp) if spec is not None and spec.linux.seccomp else ""
         return [f"seccomp(SECCOMP_SET_MODE_FILTER, {op.flags:#x}, {op.n1}-instruction BPF program)"
