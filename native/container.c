@@ -940,11 +940,15 @@ static int do_resolve_exec(struct pr_plan *p, struct pr_op *o)
 		}
 		p->exec_path[dlen] = '/';
 		memcpy(p->exec_path + dlen + 1, file, flen + 1);
-		if (syscall(SYS_newfstatat, AT_FDCWD, p->exec_path, &st, 0) == 0 &&
-		    S_ISREG(st.st_mode)) {
-			if (syscall(SYS_faccessat, AT_FDCWD, p->exec_path, X_OK, 0) == 0)
-				return 0;
-			last = -EACCES;
+		if (syscall(SYS_newfstatat, AT_FDCWD, p->exec_path, &st, 0) == 0) {
+			if (S_ISREG(st.st_mode)) {
+				if (syscall(SYS_faccessat, AT_FDCWD, p->exec_path, X_OK, 0) == 0)
+					return 0;
+				last = -EACCES;
+			}
+		} else if (errno != ENOENT && errno != ENOTDIR && last == -ENOENT) {
+			/* e.g. ELOOP: a broken rootfs, which "not found" would hide */
+			last = -errno;
 		}
 		path = *end ? end + 1 : end;
 	}

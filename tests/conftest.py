@@ -6,7 +6,7 @@ import pytest
 
 from pyrun.fsutil import remove_tree
 
-BUSYBOX = "/bin/busybox"
+BUSYBOX = os.environ.get("PYRUN_TEST_BUSYBOX", "/bin/busybox")  # the VM runs get a copy
 
 
 def make_busybox_rootfs(root):

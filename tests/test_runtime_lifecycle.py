@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -299,3 +300,17 @@ def test_no_mount_namespace(pyrun, tmp_path, busybox_rootfs):
     r = pyrun("create", "-b", str(b), "c3", check=False)
     assert r.returncode == 1 and "root.readonly: needs a mount namespace" in r.stderr
     assert mounts_under(str(rootfs)) == []
+
+
+def test_cli_paths_import_no_heavy_modules():
+    """Start-up is most of a `pyrun run`: the modules of the runtime verbs
+    must not pull in threading, signal (enum), subprocess, shutil or json,
+    each several ms (threading alone came back once and cost 8 ms)."""
+    code = ("import sys\n"
+            "import pyrun.cli.runc, pyrun.runtime.run, pyrun.runtime.create, pyrun.runtime.start\n"
+            "import pyrun.runtime.delete, pyrun.runtime.exec, pyrun.runtime.kill\n"
+            "import pyrun.runtime.state, pyrun.runtime.cgroup, pyrun.cgroups\n"
+            "heavy = ('threading', 'signal', 'enum', 'subprocess', 'shutil', 'json')\n"
+            "print(' '.join(m for m in heavy if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []

@@ -18,6 +18,14 @@ from pyrun.fsutil import mounts_under
 from pyrun.runtime.spawn import StepError
 
 CG = "/sys/fs/cgroup"
+
+
+def hierarchies():
+    """The cgroup hierarchies' roots: /sys/fs/cgroup on a pure v2 host,
+    each controller's directory below it otherwise."""
+    if os.path.exists(os.path.join(CG, "cgroup.controllers")):
+        return [CG]
+    return [os.path.join(CG, c) for c in os.listdir(CG)]
 # A string that doubles until memory runs out.
 HOG = ["awk", "BEGIN { s = \"x\"; while (1) s = s s }"]
 
@@ -32,15 +40,15 @@ def sb(busybox_rootfs, tmp_path):
     kw = dict(rootfs=busybox_rootfs, cgroup_parent=parent, scratch=str(scratch))
     yield kw
     leaks = []
-    for ctrl in os.listdir(CG):
-        d = os.path.join(CG, ctrl, parent.lstrip("/"))
+    for h in hierarchies():
+        d = os.path.join(h, parent.lstrip("/"))
         if os.path.isdir(d):
             leaks += [os.path.join(d, e.name) for e in os.scandir(d) if e.is_dir()]
     leaks += [str(p) for p in scratch.iterdir()]
     leaks += mounts_under(str(scratch)) + mounts_under(busybox_rootfs)
     sandbox.remove_cgroup_parent(parent)
     assert not leaks, f"left behind: {leaks}"
-    assert not any(os.path.isdir(os.path.join(CG, c, parent.lstrip("/"))) for c in os.listdir(CG))
+    assert not any(os.path.isdir(os.path.join(h, parent.lstrip("/"))) for h in hierarchies())
 
 
 def test_run_captures_and_isolates(sb):
@@ -205,19 +213,23 @@ def test_sandbox_ends_with_its_killed_owner(sb, how):
     import time
 
     owner = subprocess.Popen([sys.executable, "-c", OWNER, sb["rootfs"], sb["cgroup_parent"], how])
-    top = os.path.join(CG, "pids", sb["cgroup_parent"].lstrip("/"))
+    v2 = os.path.exists(os.path.join(CG, "cgroup.controllers"))
+    top = os.path.join(CG, "" if v2 else "pids", sb["cgroup_parent"].lstrip("/"))
     want = 1 if how == "run" else 2  # sleep; cat and sleep
     pids = []
-    for _ in range(500):
-        groups = [e.path for e in os.scandir(top) if e.is_dir()] if os.path.isdir(top) else []
-        pids = [int(p) for g in groups for p in open(os.path.join(g, "cgroup.procs")).read().split()]
-        if len(pids) >= want:
-            break
-        time.sleep(0.01)
-    assert len(pids) == want, "the sandbox did not start"
-    pidfds = [os.pidfd_open(p) for p in pids]
-    owner.kill()
-    owner.wait()
+    try:
+        for _ in range(500):
+            groups = [e.path for e in os.scandir(top) if e.is_dir()] if os.path.isdir(top) else []
+            pids = [int(p) for g in groups
+                    for p in open(os.path.join(g, "cgroup.procs")).read().split()]
+            if len(pids) >= want:
+                break
+            time.sleep(0.01)
+        assert len(pids) == want, "the sandbox did not start"
+        pidfds = [os.pidfd_open(p) for p in pids]
+    finally:
+        owner.kill()
+        owner.wait()
     try:
         import select
         for fd in pidfds:
@@ -225,8 +237,8 @@ def test_sandbox_ends_with_its_killed_owner(sb, how):
     finally:
         for fd in pidfds:
             os.close(fd)
-    for ctrl in os.listdir(CG):
-        d = os.path.join(CG, ctrl, sb["cgroup_parent"].lstrip("/"))
+    for h in hierarchies():
+        d = os.path.join(h, sb["cgroup_parent"].lstrip("/"))
         for g in (e.path for e in os.scandir(d) if e.is_dir()) if os.path.isdir(d) else ():
             for _ in range(100):
                 try:
@@ -313,11 +325,96 @@ def test_async(sb):
     (dict(env=["NOEQUALS"]), InvalidArgument),
     (dict(mounts=[("/no/such/dir", "/mnt")]), NotFound),
     (dict(cgroup_parent="/"), InvalidArgument),
+    # Found by trying to break it (each once slipped through or raised a
+    # bare Python error, or an error about the sandbox's internal spec):
+    (dict(mounts=[sandbox.Bind("/tmp", "/b", writable="no")]), InvalidArgument),
+    (dict(cwd="/tm\0p"), InvalidArgument),
+    (dict(timeout=float("nan")), InvalidArgument),
+    (dict(timeout=float("inf")), InvalidArgument),
+    (dict(timeout=1e300), InvalidArgument),
+    (dict(cpus=float("nan")), InvalidArgument),
+    (dict(cpus=1e30), InvalidArgument),
+    (dict(memory=1 << 70), InvalidArgument),
+    (dict(pids=1 << 40), InvalidArgument),
+    (dict(env={"A=B": "c"}), InvalidArgument),
+    (dict(writable="/work"), InvalidArgument),
+    (dict(mounts="/tmp:/x"), InvalidArgument),
+    (dict(writable=["/"]), InvalidArgument),
+    (dict(writable=["/dev"]), InvalidArgument),
+    (dict(writable=["/proc"]), InvalidArgument),
+    (dict(mounts=[("/tmp", "/dev/null")]), InvalidArgument),
+    (dict(writable=["//"]), InvalidArgument),
+    (dict(writable=["//proc"]), InvalidArgument),
+    (dict(mounts=[("/tmp", "//dev/null")]), InvalidArgument),
+    (dict(stdin="\udcff"), InvalidArgument),
 ])
 def test_bad_input(sb, kw, err):
     argv = kw.pop("argv", ["true"])
-    with pytest.raises(err):
+    with pytest.raises(err) as e:
         pyrun.run(argv, **{**sb, **kw})
+    if err is InvalidArgument and kw:
+        # The message names the argument as the caller spelled it.
+        assert str(e.value).startswith(next(iter(kw))), e.value
+
+
+def test_missing_cwd_is_an_error_not_a_new_directory(sb):
+    """run used to create a missing cwd in the (caller's, read-only)
+    rootfs, as runc does for a bundle; exec refused it.  Both refuse."""
+    with pytest.raises(StepError, match="chdir /nonexistent"):
+        pyrun.run(["pwd"], cwd="/nonexistent", **sb)
+    assert not os.path.exists(os.path.join(sb["rootfs"], "nonexistent"))
+    with pyrun.Sandbox(**sb) as box:
+        with pytest.raises(StepError, match="chdir /nonexistent"):
+            box.exec(["pwd"], cwd="/nonexistent")
+
+
+def test_timeout_holds_under_an_output_flood(sb):
+    """A bug: the deadline was only checked when poll() had nothing to
+    report, so `yes` with timeout=1 ran for 4-9 s."""
+    r = pyrun.run(["yes"], max_output=100, timeout=0.5, **sb)
+    assert r.timed_out and r.truncated and r.signal == signal.SIGKILL
+    assert r.wall_time < 5  # the contract, with room for a loaded machine
+    with pyrun.Sandbox(**sb) as box:
+        r = box.exec(["sh", "-c", "yes & yes & yes"], max_output=5, timeout=0.5)
+        assert r.timed_out and r.wall_time < 5
+
+
+def test_interrupt_while_starting_leaves_nothing(sb):
+    """A KeyboardInterrupt landing anywhere in the first milliseconds of
+    run() or Sandbox() (between the clone and recording the pid, inside
+    the cgroup set-up, ...) used to leave the process, a zombie or the
+    cgroups; the fixture checks the cgroups, this the processes."""
+    import time
+
+    def children():
+        out = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                            out.append(int(name))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return out
+
+    before = children()
+    for i in range(40):
+        delay = 0.0002 * (i % 20)
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+        try:
+            timer.start()
+            if i < 20:
+                pyrun.run(["sleep", "30"], **sb)
+            else:
+                with pyrun.Sandbox(**sb) as box:
+                    box.exec(["sleep", "30"])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            timer.cancel()
+            timer.join()
+        assert children() == before, f"left behind after an interrupt at {delay * 1000:.1f} ms"
 
 
 def test_bad_rootfs_and_program(sb, tmp_path):
@@ -329,6 +426,12 @@ def test_bad_rootfs_and_program(sb, tmp_path):
         pyrun.run(["true"], **{**sb, "rootfs": None, "image": "busybox:latest"})
     with pytest.raises(StepError, match="no-such-program"):
         pyrun.run(["no-such-program"], **sb)
+    with pytest.raises(InvalidArgument, match="^rootfs"):
+        pyrun.run(["true"], **{**sb, "rootfs": sb["rootfs"] + "\0"})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FailedPrecondition, match="needs `cat`"):
+        pyrun.Sandbox(**{**sb, "rootfs": str(empty)})
 
 
 def test_import_pyrun_is_lazy():
@@ -386,3 +489,46 @@ def test_image_from_the_store(sb, busybox_rootfs, tmp_path):
         db.close()
         backend.close()
         remove_tree(str(where))
+
+
+def test_close_from_another_thread_ends_a_running_exec(sb):
+    """close() used to wait for the running command (forever with
+    timeout=None) before it killed anything."""
+    box = pyrun.Sandbox(**sb)
+    results = []
+    t = threading.Thread(target=lambda: results.append(box.exec(["sleep", "1000"], timeout=None)))
+    t.start()
+    for _ in range(500):
+        if len(box._ctr.cg.manager.pids()) >= 2:  # the init and sleep
+            break
+        threading.Event().wait(0.01)
+    box.close()
+    t.join()
+    assert results[0].signal == signal.SIGKILL
+
+
+def test_close_while_execs_start_and_queue(sb):
+    """close() racing execs from other threads: each gets a Result killed
+    by SIGKILL or FailedPrecondition, never a raw error from a half-dead
+    container (FileNotFoundError on /proc/N/ns/..., ENOMEM from fork)."""
+    for delay in (0, 0.001, 0.003, 0.3):
+        box = pyrun.Sandbox(**sb)
+        out = []
+
+        def ex():
+            try:
+                out.append(box.exec(["sleep", "100"], timeout=None).signal)
+            except FailedPrecondition:
+                out.append("closed")
+            except Exception as e:  # noqa: BLE001 - the test reports it
+                out.append(repr(e))
+
+        ts = [threading.Thread(target=ex) for _ in range(4)]
+        for t in ts:
+            t.start()
+        threading.Event().wait(delay)
+        box.close()
+        for t in ts:
+            t.join()
+        assert all(o in (signal.SIGKILL, "closed") for o in out), out
+

@@ -90,13 +90,15 @@ class Inputs(Record):
     (Manager.open_join: v1 ``tasks`` files, cgroup2 directory fd);
     ``fifo_fd`` None: no exec fifo, the init
     goes on to its execve; ``pdeathsig``: a signal the init gets when the
-    thread that spawned it ends (prctl PR_SET_PDEATHSIG; 0: none)."""
+    thread that spawned it ends (prctl PR_SET_PDEATHSIG; 0: none);
+    ``make_cwd``: create a missing process.cwd in the rootfs, as runc
+    does (the sandbox, whose rootfs is the caller's, does not)."""
     __slots__ = ("bundle", "rootfs", "fifo_fd", "console_fd", "preserve_fds", "no_pivot",
                  "no_new_keyring", "container_id", "cgroup_paths", "cgroup_join", "stdio",
-                 "pdeathsig")
+                 "pdeathsig", "make_cwd")
     _defaults = {"console_fd": -1, "preserve_fds": 0, "no_pivot": False, "no_new_keyring": False,
                  "container_id": "", "cgroup_paths": dict, "cgroup_join": ((), -1), "stdio": None,
-                 "pdeathsig": 0}
+                 "pdeathsig": 0, "make_cwd": True}
 
 
 def high_fd(fd, low):
@@ -466,7 +468,7 @@ def build(spec, inp):
             _plan_device(plan, d.path, d.type, d.major, d.minor, mode, d.uid or 0, d.gid or 0,
                          userns_new)
 
-    if proc is not None and linux.namespace("mount") is not None:
+    if proc is not None and linux.namespace("mount") is not None and inp.make_cwd:
         # runc makes process.cwd if it is missing (it may be a fresh volume).
         plan.add(lib.PR_OP_MKDIR, f"make sure the cwd {proc.cwd} exists", "rootfs",
                  s1=proc.cwd)

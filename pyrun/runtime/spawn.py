@@ -7,6 +7,7 @@ process: after clone only C runs in the child (native/container.c).
 """
 import errno
 import os
+import _signal as signal
 import _socket
 import struct
 
@@ -20,6 +21,18 @@ _WAITS = (lib.PR_OP_SYNC, lib.PR_OP_WAIT_START, lib.PR_OP_FORK)
 # CLONE_NEWTIME does not fit in the flags of clone(2).
 _NO_VM_FLAGS = 0x80
 _STATE_CAP = 1 << 16
+
+
+def _kill_reap(pidfd):
+    """SIGKILL and reap our child ``pidfd`` (already gone: no error)."""
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    except ChildProcessError:
+        pass
 
 
 class StepError(OSError):
@@ -124,6 +137,10 @@ class Child:
         self.on_sync = on_sync
         self.pid = None
         self.pidfd = -1
+        # The kernel writes the child's pidfd here during the clone, so a
+        # KeyboardInterrupt that lands before spawn() has stored the pid
+        # still finds the child to kill (see kill()).
+        self._box = ffi.new("int *", -1)
         self._stage1 = None
         parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         self.sock = parent
@@ -144,13 +161,17 @@ class Child:
         failed.  As the dumpable flag belongs to the shared memory, the
         calling process is non-dumpable from then on (PR_SET_DUMPABLE 0,
         see native/container.c)."""
-        pidfd = ffi.new("int *", -1)
         tr = trace.current()
         t0 = tr.now() if tr is not None else 0
-        pid = lib.pr_spawn(self._cplan, self.plan.clone_flags, pidfd, self._share_vm(tr),
-                           self.plan.cgroup_fd)
-        err = ffi.errno if pid < 0 else 0
-        os.close(self._child_fd)
+        try:
+            pid = lib.pr_spawn(self._cplan, self.plan.clone_flags, self._box, self._share_vm(tr),
+                               self.plan.cgroup_fd)
+            err = ffi.errno if pid < 0 else 0
+            self._own()
+            if pid > 0:
+                self.pid = pid
+        finally:
+            os.close(self._child_fd)
         if tr is not None:
             from pyrun.linux import CLONE_INTO_CGROUP, CLONE_PIDFD
             from pyrun.trace.steps import clone_flags
@@ -163,14 +184,16 @@ class Child:
                     f"{pid} (the child's pid on the host)", err, t0)
         if pid < 0:
             raise StepError(err, f"clone {self.plan.clone_flags:#x}", "namespaces")
-        self.pid = pid
-        self.pidfd = pidfd[0]
         try:
             self._converse()
         except BaseException:
             self.kill()
             raise
         return self.pid
+
+    def _own(self):
+        if self.pidfd < 0 and self._box[0] >= 0:
+            self.pidfd, self._box[0] = self._box[0], -1
 
     def _share_vm(self, tr):
         if not self.until_exec or tr is not None or self.plan.clone_flags & _NO_VM_FLAGS:
@@ -203,9 +226,9 @@ class Child:
                 # Second stage: the first one reported the init and exits.
                 first = self.pid
                 os.waitpid(first, 0)
-                os.close(self.pidfd)
-                self.pid = value
-                self.pidfd = os.pidfd_open(value)
+                new = os.pidfd_open(value)
+                old, self.pid, self.pidfd = self.pidfd, value, new
+                os.close(old)
                 forked = True
                 if pending is not None:
                     self._answer(pending)
@@ -230,15 +253,43 @@ class Child:
             return None
 
     def kill(self):
-        """Kill and reap the child (a failed create must leave no process)."""
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, 9)
-        except ProcessLookupError:
-            pass
-        self._reap_any()
+        """Kill and reap the child, through its pidfd (a failed create must
+        leave no process; a pid could have been recycled); then close.
+
+        Also a second stage we were interrupted before hearing of: it is
+        our child too (CLONE_PARENT), and as its zombie is ours to reap,
+        the container's init, which waits for every process of its pid
+        namespace when it exits, would otherwise never finish (a test hung
+        so: a KeyboardInterrupt during a Sandbox.exec, then close())."""
+        self._own()
+        for attempt in (0, 1):
+            # Before and after the first stage is gone: it may report the
+            # second one as it dies.
+            second = self._unheard_second_stage()
+            if second is not None:
+                _kill_reap(second)
+                os.close(second)
+            if attempt == 0 and self.pidfd >= 0:
+                _kill_reap(self.pidfd)
         self.close()
+
+    def _unheard_second_stage(self):
+        """A pidfd of a second stage whose PR_MSG_PID is still unread."""
+        if self.sock.fileno() < 0:
+            return None
+        while True:
+            try:
+                data = self.sock.recv(_MSG.size, _socket.MSG_DONTWAIT)
+            except OSError:
+                return None
+            if not data:
+                return None
+            kind, _, _, _, value = _MSG.unpack(data)
+            if kind == lib.PR_MSG_PID:
+                try:
+                    return os.pidfd_open(value)
+                except OSError:
+                    return None
 
     def close(self):
         if self.pidfd >= 0:

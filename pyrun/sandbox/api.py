@@ -9,16 +9,18 @@ in the caller (an exception, KeyboardInterrupt, a cancelled task), the
 the cgroup (and an image's view snapshot).
 """
 import os
+import select
 import signal
 import tempfile
 import threading
 import time
 import weakref
 
+from pyrun.cgroups import fs
 from pyrun.errdefs import FailedPrecondition, PyrunError
 from pyrun.fsutil import remove_tree
 from pyrun.runtime import plan as planner
-from pyrun.runtime.spawn import Child
+from pyrun.runtime.spawn import Child, StepError
 from pyrun.runtime.state import proc_start_time
 from pyrun.sandbox import config as C
 from pyrun.sandbox.image import ImageSource
@@ -93,14 +95,16 @@ class _Container:
     """One container of a sandbox, kept in memory: no bundle and no state
     directory, its init spawned straight to its execve (the runtime's plan
     and child stage, pyrun.runtime.plan and .spawn).  ``close()`` undoes
-    all of it, whatever was reached."""
+    all of it, whatever was reached, also after a KeyboardInterrupt that
+    lands anywhere in between."""
 
     def __init__(self, opts, argv, env, cwd, stdio, scratch, need_freezer, pdeathsig=0):
         self.cid = _new_id()
         self.dir = None
         self.cg = None
-        self.pid = None
-        self.pidfd = -1
+        self.child = None
+        self.reaped = False
+        self.pidns = None
         self.image = None
         self.lifeline = -1
         try:
@@ -110,19 +114,46 @@ class _Container:
                 self.dir = tempfile.mkdtemp(prefix="pyrun-sandbox-", dir=scratch)
                 path = os.path.join(self.dir, "rootfs")
                 os.mkdir(path, 0o755)
+                self.image = rootfs
                 rootfs.mount(self.cid, path)
-                self.image, rootfs = rootfs, path
+                rootfs = path
             self.spec = C.spec_for(opts, self.cid, argv, env, cwd, rootfs)
-            cg = C.make_cgroup(opts, self.cid, need_freezer)
-            cg.create()
-            self.cg = cg
+            self.cg = C.make_cgroup(opts, self.cid, need_freezer)
+            self.cg.create()
             # Limits first: the init is born into capped groups.
-            cg.set_resources()
-            self.pid, self.pidfd = _launch(self.spec, rootfs, self.cid, cg, stdio, pdeathsig)
+            self.cg.set_resources()
+            self._launch(rootfs, stdio, pdeathsig)
             self.start_time = proc_start_time(self.pid)
-        except BaseException:
-            self.close()
+            self.pidns = os.readlink(f"/proc/{self.pid}/ns/pid")
+        except BaseException as e:
+            _close_noting(self, e)
             raise
+
+    def _launch(self, rootfs, stdio, pdeathsig):
+        """Spawn the init straight to its execve: no exec fifo, no hooks,
+        no wait for us, so the child stage runs in our memory until then
+        (see pyrun.runtime.spawn).  Raises StepError naming the step that
+        failed (the child is reaped)."""
+        fds = []
+        try:
+            join = planner.high_join(self.cg.open_join(), 3, fds)
+            stdio = planner.move_stdio(stdio, 3, fds)
+            plan = planner.build(self.spec, planner.Inputs(
+                bundle=rootfs, rootfs=rootfs, fifo_fd=None, container_id=self.cid,
+                cgroup_join=join, stdio=stdio, pdeathsig=pdeathsig, make_cwd=False))
+            self.child = Child(plan, None, until_exec=True)
+            self.child.spawn()
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    @property
+    def pid(self):
+        return self.child.pid
+
+    @property
+    def pidfd(self):
+        return self.child.pidfd
 
     def kill_all(self):
         try:
@@ -133,22 +164,25 @@ class _Container:
 
     def close(self):
         try:
-            if self.pid is not None:
-                try:
-                    self.kill_all()
-                except ProcessLookupError:
-                    pass
-                try:
-                    os.waitpid(self.pid, 0)
-                except ChildProcessError:
-                    pass
-                self.pid = None
-            for name in ("pidfd", "lifeline"):
-                if getattr(self, name) >= 0:
-                    os.close(getattr(self, name))
-                    setattr(self, name, -1)
+            if self.child is not None:
+                if not self.reaped and self.child.pid is not None:
+                    try:
+                        self.kill_all()
+                    except ProcessLookupError:
+                        pass
+                    self._await_init()
+                self.child.kill()  # kills (by pidfd), reaps, closes
+                self.child = None
+            if self.lifeline >= 0:
+                os.close(self.lifeline)
+                self.lifeline = -1
             if self.cg is not None:
                 self.cg.destroy()
+                # What create() made but had no time to record (an
+                # interrupt): the groups are this sandbox's alone.
+                m = self.cg.manager
+                for key, path in m.paths.items():
+                    fs.remove_dir(m.hierarchy_root(key), path)
                 self.cg = None
             if self.image is not None:
                 self.image.unmount(self.cid, os.path.join(self.dir, "rootfs"))
@@ -167,28 +201,39 @@ class _Container:
                 self.dir = None
 
 
-def _launch(spec, rootfs, cid, cg, stdio, pdeathsig):
-    """Spawn the container's init of ``spec`` into the (created) groups of
-    ``cg`` with ``stdio``, straight to its execve: no exec fifo, no hooks,
-    no wait for the parent, so the child stage runs in our memory until
-    then (see pyrun.runtime.spawn).  ``pdeathsig``: as Inputs.pdeathsig.
-    Returns (pid, pidfd); raises StepError naming the step that failed
-    (the child is reaped)."""
-    fds = []
+    def _await_init(self):
+        """Wait until the (killed) init has exited.  Its exit waits for
+        every process of its pid namespace to be reaped, and the commands
+        of Sandbox.exec are our children (the runtime's second stage is
+        cloned with CLONE_PARENT): one that an interrupted exec left
+        unreaped is reaped here, or the wait would never end (a test hung
+        so)."""
+        if self.pidns is None or self.pidfd < 0:
+            return
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        me = str(os.getpid())
+        while not poller.poll(50):
+            for name in os.listdir("/proc"):
+                if not name.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{name}/stat") as f:
+                        state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+                    if state == "Z" and ppid == me and \
+                            os.readlink(f"/proc/{name}/ns/pid") == self.pidns:
+                        os.waitpid(int(name), os.WNOHANG)
+                except (OSError, ValueError):
+                    pass
+
+
+def _close_noting(ctr, exc):
+    """``ctr.close()`` while ``exc`` is on its way: a failure to clean up
+    is added to it as a note, not raised in its place."""
     try:
-        join = planner.high_join(cg.open_join(), 3, fds)
-        stdio = planner.move_stdio(stdio, 3, fds)
-        plan = planner.build(spec, planner.Inputs(bundle=rootfs, rootfs=rootfs, fifo_fd=None,
-                                                  container_id=cid, cgroup_join=join,
-                                                  stdio=stdio, pdeathsig=pdeathsig))
-        child = Child(plan, None, until_exec=True)
-        pid = child.spawn()
-        pidfd, child.pidfd = child.pidfd, -1
-        child.close()
-        return pid, pidfd
-    finally:
-        for fd in fds:
-            os.close(fd)
+        ctr.close()
+    except Exception as e:
+        exc.add_note(f"and removing the sandbox failed: {e}")
 
 
 def _pipes():
@@ -217,7 +262,12 @@ def _close(fds):
 
 def _check_stdin(stdin):
     if isinstance(stdin, str):
-        return stdin.encode()
+        try:
+            return stdin.encode()
+        except UnicodeEncodeError as e:
+            from pyrun.errdefs import InvalidArgument
+            raise InvalidArgument(f"stdin: a str must encode as UTF-8 ({e.reason} at "
+                                  f"{e.start}); pass bytes") from None
     if not isinstance(stdin, (bytes, bytearray, memoryview)):
         from pyrun.errdefs import InvalidArgument
         raise InvalidArgument(f"stdin: expected bytes or str, got {type(stdin).__name__}")
@@ -289,17 +339,19 @@ def run(argv, *, rootfs=None, bundle=None, image=None, db=None, namespace="defau
         reason = pump(ctr.pidfd, in_fd, data, out_fd, err_fd, out, err, deadline, ctr.kill_all,
                       _cancel_fd)
         code, sig = _reap(ctr.pid)
+        ctr.reaped = True
         wall = time.monotonic() - t0
-        ctr.pid = None  # reaped
         cpu, peak, ooms = C.read_usage(ctr.cg)
         if reason == "cancelled":
             raise Cancelled()
-        return Result(code, sig, out.value(), err.value(), ooms > 0, reason == "timeout",
-                      out.truncated or err.truncated, wall, cpu / 1e9, peak)
-    finally:
+    except BaseException as e:
         _close(ours)
         if ctr is not None:
-            ctr.close()
+            _close_noting(ctr, e)
+        raise
+    ctr.close()
+    return Result(code, sig, out.value(), err.value(), ooms > 0, reason == "timeout",
+                  out.truncated or err.truncated, wall, cpu / 1e9, peak)
 
 
 class Sandbox:
@@ -316,7 +368,8 @@ class Sandbox:
     in the background stay zombies (counted against ``pids``) until
     :meth:`close`.
 
-    Raises what :func:`run` raises for bad arguments or a failed create.
+    Raises what :func:`run` raises for bad arguments or a failed create,
+    and FailedPrecondition when the root filesystem has no ``cat``.
     """
 
     def __init__(self, *, rootfs=None, bundle=None, image=None, db=None, namespace="default",
@@ -340,6 +393,11 @@ class Sandbox:
             self._ctr = _Container(self._opts, ["cat"], C.check_env(None), "/",
                                    (r, null, null), scratch, need_freezer=True)
             self._ctr.lifeline, w = w, -1
+        except StepError as e:
+            if e.step.startswith("find 'cat'"):
+                raise FailedPrecondition(f"a Sandbox needs `cat` in its root filesystem for its "
+                                         f"idle init: {e}") from None
+            raise
         except BaseException:
             if self._ctr is not None:
                 self._ctr.close()
@@ -388,6 +446,11 @@ class Sandbox:
                 try:
                     pid = exec_in(ctr.cid, ctr.pid, ctr.start_time, ctr.spec, process,
                                   stdio=theirs, cgroup_manager=ctr.cg)
+                except OSError:  # StepError too
+                    if self._ctr is None:
+                        raise FailedPrecondition("the sandbox was closed while the command "
+                                                 "started") from None
+                    raise
                 finally:
                     _close(theirs)
                 pidfd = os.pidfd_open(pid)
@@ -443,10 +506,20 @@ class Sandbox:
             m.thaw()
 
     def close(self):
-        """Kill everything in the sandbox and remove it; safe to call twice."""
-        with self._lock:
-            ctr, self._ctr = self._ctr, None
-        if ctr is not None:
+        """Kill everything in the sandbox and remove it; safe to call
+        twice, and from another thread while :meth:`exec` runs (which then
+        returns the command killed by SIGKILL)."""
+        # Closed from now on for every exec not yet under way; one that
+        # runs holds its own reference, and ends with the kill below.
+        ctr, self._ctr = self._ctr, None
+        if ctr is None:
+            return
+        if ctr.cg is not None:
+            try:
+                ctr.kill_all()  # now, not after the running command
+            except Exception:
+                pass  # the finalizer kills again, or says why it cannot
+        with self._lock:  # the running exec has returned
             self._finalizer()
 
     def __enter__(self):

@@ -56,7 +56,7 @@ class Bind:
         return f"Bind({self.source!r}, {self.target!r}, writable={self.writable})"
 
 
-def _positive(name, value, kind=int, allow_none=True):
+def _positive(name, value, kind=int, allow_none=True, most=None):
     if value is None:
         if allow_none:
             return None
@@ -64,8 +64,10 @@ def _positive(name, value, kind=int, allow_none=True):
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         raise InvalidArgument(f"{name}: expected a {'number' if kind is float else 'whole number'}, "
                               f"got {value!r}")
-    if value <= 0:
+    if not value > 0:  # also NaN
         raise InvalidArgument(f"{name}: must be positive, got {value!r}")
+    if most is not None and not value <= most:  # also infinity
+        raise InvalidArgument(f"{name}: at most {most}, got {value!r}")
     return kind(value)
 
 
@@ -97,6 +99,10 @@ def check_env(env, where="env"):
         extra = list(env)
     else:
         raise InvalidArgument(f"{where}: expected a dict or a list of 'KEY=VALUE', got {env!r}")
+    if items is not None:
+        for k, v in items:
+            if not isinstance(k, str) or not k or "=" in k or not isinstance(v, str):
+                raise InvalidArgument(f"{where}: {k!r}: {v!r} is not a name (no '=') and a string")
     for e in extra:
         if not isinstance(e, str) or "=" not in e or e.startswith("=") or "\0" in e:
             raise InvalidArgument(f"{where}: {e!r} is not KEY=VALUE")
@@ -113,13 +119,37 @@ def check_user(user, where="user"):
 
 
 def check_cwd(cwd, where="cwd"):
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise InvalidArgument(f"{where}: expected an absolute path, got {cwd!r}")
+    if not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd:
+        raise InvalidArgument(f"{where}: expected an absolute path (without NUL bytes), got {cwd!r}")
     return cwd
 
 
+def _check_target(path, where):
+    """A mount target of the caller's: absolute, and not one of the
+    sandbox's own mounts (/, /proc, /dev and below).  Returns it
+    normalized (normpath keeps a leading "//", this does not)."""
+    check_cwd(path, where)
+    norm = "/" + os.path.normpath(path).lstrip("/")
+    if norm == "/" or any(norm == p or norm.startswith(p + "/") for p in ("/proc", "/dev")):
+        raise InvalidArgument(f"{where}: {path!r} is the sandbox's own (/, /proc and /dev "
+                              f"are set up by the sandbox)")
+    return norm
+
+
+def _check_list(value, name):
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise InvalidArgument(f"{name}: expected a list, got {value!r}")
+    return value
+
+
+MAX_TIMEOUT = 10 ** 9          # s, about 31 years
+MAX_MEMORY = (1 << 63) - 1     # bytes, the cgroup files' int64
+MAX_PIDS = 1 << 22             # PID_MAX_LIMIT, the most pids.max can mean
+MAX_CPUS = 10 ** 6             # CPUs, far beyond any machine's
+
+
 def check_timeout(timeout):
-    return _positive("timeout", timeout, float)
+    return _positive("timeout", timeout, float, most=MAX_TIMEOUT)
 
 
 def check_max_output(max_output):
@@ -146,10 +176,12 @@ def resolve_rootfs(rootfs=None, bundle=None, image=None, db=None, namespace="def
         rootfs = spec.root.path
         if not os.path.isabs(rootfs):
             rootfs = os.path.join(os.path.abspath(bundle), rootfs)
-    if not isinstance(rootfs, (str, os.PathLike)):
-        raise InvalidArgument(f"rootfs: expected a path, got {rootfs!r}")
+    if not isinstance(rootfs, (str, os.PathLike)) or "\0" in os.fspath(rootfs):
+        raise InvalidArgument(f"rootfs: expected a path (without NUL bytes), got {rootfs!r}")
     path = os.path.realpath(rootfs)
     if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise InvalidArgument(f"rootfs {rootfs}: not a directory")
         raise NotFound(f"rootfs {rootfs}: no such directory")
     return path
 
@@ -165,30 +197,33 @@ class Options:
                  tmp_size=DEFAULT_TMP_SIZE):
         self.rootfs = rootfs
         self.user = check_user(user)
-        self.memory = _positive("memory", memory)
-        self.cpus = _positive("cpus", cpus, float)
-        self.pids = _positive("pids", pids)
+        self.memory = _positive("memory", memory, most=MAX_MEMORY)
+        self.cpus = _positive("cpus", cpus, float, most=MAX_CPUS)
+        self.pids = _positive("pids", pids, most=MAX_PIDS)
         if self.memory is not None and self.memory < 4 * MiB:
             raise InvalidArgument(f"memory: {memory} bytes is too little to start a process "
                                   f"(at least 4 MiB)")
         if not isinstance(network, bool):
             raise InvalidArgument(f"network: expected True or False, got {network!r}")
         self.network = network
-        self.tmp_size = _positive("tmp_size", tmp_size, allow_none=False)
+        self.tmp_size = _positive("tmp_size", tmp_size, allow_none=False, most=MAX_MEMORY)
         self.mounts = []
-        for i, m in enumerate(mounts):
+        for i, m in enumerate(_check_list(mounts, "mounts")):
             if isinstance(m, (tuple, list)) and len(m) in (2, 3):
                 m = Bind(*m)
             if not isinstance(m, Bind):
                 raise InvalidArgument(f"mounts[{i}]: expected Bind(source, target) or a "
                                       f"(source, target) tuple, got {m!r}")
-            if not isinstance(m.source, str) or not os.path.isabs(m.source):
-                raise InvalidArgument(f"mounts[{i}].source: expected an absolute path, got {m.source!r}")
+            check_cwd(m.source, f"mounts[{i}].source")
             if not os.path.exists(m.source):
                 raise NotFound(f"mounts[{i}].source {m.source}: no such file or directory")
-            check_cwd(m.target, f"mounts[{i}].target")
-            self.mounts.append(m)
-        self.writable = [check_cwd(w, f"writable[{i}]") for i, w in enumerate(writable)]
+            target = _check_target(m.target, f"mounts[{i}].target")
+            if not isinstance(m.writable, bool):
+                raise InvalidArgument(f"mounts[{i}].writable: expected True or False, got "
+                                      f"{m.writable!r}")
+            self.mounts.append(Bind(m.source, target, m.writable))
+        self.writable = [_check_target(w, f"writable[{i}]")
+                         for i, w in enumerate(_check_list(writable, "writable"))]
         if not isinstance(cgroup_parent, str) or not cgroup_parent.startswith("/") \
                 or paths.clean_path(cgroup_parent) in ("/", ""):
             raise InvalidArgument(f"cgroup_parent: expected an absolute cgroup path below the "
@@ -266,7 +301,7 @@ def process_for(user, argv, env, cwd):
 # -- cgroups ---------------------------------------------------------------
 
 _layout = None
-_parents_made = set()
+_parents_made = {}  # (parent, keys) -> done; an entry before its creation starts
 _parents_lock = threading.Lock()
 
 
@@ -295,14 +330,18 @@ def _ensure_parent(parent, keys):
     """Make the parent group once per process and keep it: removing it when
     the last sandbox goes would race a sandbox being created under it."""
     with _parents_lock:
-        if (parent, tuple(keys)) in _parents_made:
+        key = (parent, tuple(keys))
+        if _parents_made.get(key):
             return
+        # Recorded first: remove_cgroup_parent then finds what an
+        # interrupted creation made.
+        _parents_made[key] = False
         mode, _ = _host_layout()
         m = cgroups.Manager(mode, paths.DEFAULT_ROOT, {k: parent for k in keys})
         m.create()
         if "" in m.paths:
             m._enable_controllers(m.group(""))
-        _parents_made.add((parent, tuple(keys)))
+        _parents_made[key] = True
 
 
 def remove_cgroup_parent(parent):
@@ -316,7 +355,7 @@ def remove_cgroup_parent(parent):
             m = cgroups.Manager(mode, paths.DEFAULT_ROOT, {k: p for k in keys})
             for k in keys:
                 fs.remove_dir(m.hierarchy_root(k), p)
-            _parents_made.discard((p, keys))
+            del _parents_made[(p, keys)]
 
 
 def make_cgroup(opts, cid, need_freezer=False):

@@ -59,8 +59,12 @@ class ImageSource:
             raise
 
     def unmount(self, key, target):
+        """Undo :meth:`mount`, or what it did of it."""
         from pyrun.mount import unmount_all
 
         unmount_all(target)
         with _lock:
-            self.db.snapshotter(self.namespace, self.snapshotter).remove(key)
+            try:
+                self.db.snapshotter(self.namespace, self.snapshotter).remove(key)
+            except NotFound:
+                pass  # mount() was interrupted, or undid itself

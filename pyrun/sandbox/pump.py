@@ -64,6 +64,12 @@ def pump(pidfd, stdin_fd, data, out_fd, err_fd, out, err, deadline, kill, cancel
     try:
         while streams or exited_at is None:
             now = time.monotonic()
+            # On every pass, not only when poll() times out: a program
+            # that floods its output keeps poll() busy (a bug: `yes` with
+            # timeout=1 ran for 4-9 s).
+            if deadline is not None and reason is None and exited_at is None and now >= deadline:
+                reason = "timeout"
+                kill()
             if exited_at is not None:
                 if now - exited_at > _GRACE_MAX:
                     break
@@ -76,9 +82,6 @@ def pump(pidfd, stdin_fd, data, out_fd, err_fd, out, err, deadline, kill, cancel
             if not events:
                 if exited_at is not None:
                     break
-                if deadline is not None and reason is None and time.monotonic() >= deadline:
-                    reason = "timeout"
-                    kill()
                 continue
             for fd, ev in events:
                 if fd == pidfd:
