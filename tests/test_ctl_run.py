@@ -235,3 +235,15 @@ def test_exit_status_waits_for_a_monitor_still_writing(tmp_path):
     os.unlink(tmp_path / monitor.EXIT_FILE)
     # A monitor that died without a record: its lock is free, no wait.
     assert monitor.exit_status(str(tmp_path), settled=True) is None
+
+
+def test_run_path_does_not_load_pyroute2():
+    """pyroute2 takes over 100 ms to import: `pyrunctl run` loaded it for
+    every container through the CNI settings (ctl_run bench: 256 ms, more
+    than twice ctr's), although only --net cni needs it."""
+    code = ("import sys\n"
+            "import pyrun.cli.ctl, pyrun.cli.ctl_containers, pyrun.runtime.tasks\n"
+            "import pyrun.runtime.cninet\n"
+            "print('pyroute2' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -12,7 +12,7 @@ from pyrun.jsonio import loads
 
 def _service(ctx):
     from pyrun.runtime.tasks import Service
-    return Service(ctx.db, ctx.namespace, ctx.args.state, cni=_cni_settings(ctx.args))
+    return Service(ctx.db, ctx.namespace, ctx.args.state, cni=lambda: _cni_settings(ctx.args))
 
 
 def _cni_settings(args):

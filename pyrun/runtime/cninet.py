@@ -9,28 +9,26 @@ way), even if the file changed or went since.  ``result`` (the CNI result:
 interfaces, IPs, routes) is there while the task is attached: from between
 the runtime's create and start until the task is deleted.
 """
-import dataclasses
 import json
 import os
 
 from pyrun.errdefs import InvalidArgument, NotFound
 from pyrun.network import cni
 from pyrun.network.cni import cache, config
+from pyrun.record import Frozen
 
 EXTENSION = "pyrun.cni"
 CONF_EXTENSIONS = (".conflist", ".conf", ".json")
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(Frozen):
     """Where CNI things are: ``conf_dir`` (conflists), ``cni_path`` (plugin
     binaries, a sequence of directories), ``cache_dir`` (results kept for
     DEL) and ``host_netns`` (the namespace plugins run in: a path, or None
     for the caller's own)."""
-    conf_dir: str = "/etc/cni/net.d"
-    cni_path: tuple = cni.DEFAULT_CNI_PATH
-    cache_dir: str = cni.DEFAULT_CACHE_DIR
-    host_netns: str = None
+    __slots__ = ("conf_dir", "cni_path", "cache_dir", "host_netns")
+    _defaults = {"conf_dir": "/etc/cni/net.d", "cni_path": cni.DEFAULT_CNI_PATH,
+                 "cache_dir": cni.DEFAULT_CACHE_DIR, "host_netns": None}
 
 
 def find_conflist(conf_dir, name):

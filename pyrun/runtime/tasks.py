@@ -28,8 +28,9 @@ from pyrun.runtime import monitor
 class Service:
     """Containers and tasks of one tenant ``namespace`` (``db``: a
     :class:`pyrun.metadata.DB`; ``state``: the runtime state root;
-    ``cni``: a :class:`pyrun.runtime.cninet.Settings`, default ones if
-    None)."""
+    ``cni``: a :class:`pyrun.runtime.cninet.Settings`, or a callable
+    that makes one on the first use of CNI (the module costs tens of ms
+    of imports), default ones if None)."""
 
     def __init__(self, db, namespace, state="/run/pyrunctl", cni=None):
         self.db = db
@@ -170,6 +171,8 @@ class Service:
 
     def _cni_settings(self):
         from pyrun.runtime import cninet
+        if callable(self._cni):
+            self._cni = self._cni()
         return self._cni or cninet.Settings()
 
     def _new_net_extension(self, net):

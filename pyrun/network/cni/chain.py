@@ -16,10 +16,8 @@ import contextlib
 import os
 
 from pyrun.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from pyrun.network import address, links
 from pyrun.network import netns as _netns
 from pyrun.network.cni import cache, config, invoke, result
-from pyrun.network.links import validate_ifname
 from pyrun.record import Frozen
 
 DEFAULT_CNI_PATH = ("/usr/lib/cni", "/opt/cni/bin")
@@ -37,6 +35,8 @@ def _conflist(network):
 
 
 def _check_common(conf, container_id, ifname, cni_path):
+    # links and address load pyroute2 (over 100 ms): only when CNI is used.
+    from pyrun.network.links import validate_ifname
     config.validate_container_id(container_id)
     validate_ifname(ifname)
     # Every binary before the first call: a missing one fails with nothing done.
@@ -123,6 +123,7 @@ def _stand_in(prev, ifname):
     if not cidrs:
         yield ""
         return
+    from pyrun.network import address, links
     with _netns.scratch() as ns:
         peer = "standin0" if ifname != "standin0" else "standin1"
         links.add_veth(ifname, peer, netns=ns)
