@@ -777,6 +777,10 @@ static int do_console(struct pr_plan *p, struct pr_op *o)
 	peer = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY);
 	if (peer < 0)
 		goto err;
+	/* n3: the process's uid, which owns its terminal (runc's tty owner
+	 * tests); the group stays devpts' gid= option, tty. */
+	if (o->n3 >= 0 && syscall(SYS_fchown, peer, (unsigned int)o->n3, (unsigned int)-1) < 0)
+		goto err;
 	if (o->n1 > 0 && o->n2 > 0) {
 		memset(&ws, 0, sizeof(ws));
 		ws.ws_row = (unsigned short)o->n1;

@@ -125,18 +125,18 @@ def _recv_fd(conn):
     return msg, fds[0]
 
 
-def test_terminal_through_console_socket(pyrun, bundle, tmp_path):
-    sock_path = str(tmp_path / "console.sock")
+def _console_output(pyrun, b, tmp_path, cid):
+    """Create ``cid`` from bundle ``b`` with a console socket, start it and
+    read its terminal until "done"."""
+    sock_path = str(tmp_path / f"{cid}.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
     srv.listen(1)
-    b = bundle(["sh", "-c", "tty; stty size; echo done"], process_terminal=True,
-               process_consoleSize={"height": 30, "width": 100})
-    pyrun("create", "--console-socket", sock_path, "-b", b, "c1")
+    pyrun("create", "--console-socket", sock_path, "-b", b, cid)
     conn, _ = srv.accept()
     name, master = _recv_fd(conn)
     assert name.startswith(b"/dev/pts/")
-    pyrun("start", "c1")
+    pyrun("start", cid)
     out = b""
     deadline = time.monotonic() + 10
     while b"done" not in out and time.monotonic() < deadline:
@@ -150,8 +150,22 @@ def test_terminal_through_console_socket(pyrun, bundle, tmp_path):
     os.close(master)
     conn.close()
     srv.close()
-    text = out.decode().replace("\r", "")
+    return out.decode().replace("\r", "")
+
+
+def test_terminal_through_console_socket(pyrun, bundle, tmp_path):
+    b = bundle(["sh", "-c", "tty; stty size; echo done"], process_terminal=True,
+               process_consoleSize={"height": 30, "width": 100})
+    text = _console_output(pyrun, b, tmp_path, "c1")
     assert "/dev/pts/0" in text and "30 100" in text and "done" in text
+
+
+def test_terminal_belongs_to_the_process_user(pyrun, bundle, tmp_path):
+    """runc's "tty owner" tests: the process's uid, devpts' tty group (5).
+    pyrun left it root's, so a non-root process could not, e.g., chmod it."""
+    b = bundle(["sh", "-c", "stat -c %u:%g $(tty); echo done"], process_terminal=True,
+               process_user={"uid": 1000, "gid": 100})
+    assert "1000:5" in _console_output(pyrun, b, tmp_path, "c2")
 
 
 HOOK = """#!/bin/sh

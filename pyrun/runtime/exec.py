@@ -136,8 +136,9 @@ def exec_in(cid, init_pid, start_time, spec, process, *, console_socket=None, co
                 raise InvalidArgument("exec: a terminal needs --console-socket (or the foreground)")
             fds.append(console_fd)
             rows, cols = process.console_size or (0, 0)
-            plan.add(lib.PR_OP_CONSOLE, "create the pty and send its master to the console socket",
-                     "identity", fd=console_fd, n1=rows, n2=cols)
+            plan.add(lib.PR_OP_CONSOLE, f"create the pty (owner uid {process.user.uid}) and send "
+                     "its master to the console socket", "identity", fd=console_fd, n1=rows,
+                     n2=cols, n3=process.user.uid)
         if stdio is not None:
             moved = planner.move_stdio(stdio, low, fds)
             plan.add(lib.PR_OP_STDIO, f"stdin, stdout, stderr from fds {tuple(moved)}", "exec",

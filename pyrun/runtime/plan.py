@@ -509,8 +509,9 @@ def build(spec, inp):
         if inp.console_fd < 0:
             raise InvalidArgument("process.terminal: a terminal needs --console-socket (or run in the foreground)")
         rows, cols = proc.console_size or (0, 0)
-        plan.add(lib.PR_OP_CONSOLE, "create the pty and send its master to the console socket",
-                 "identity", fd=inp.console_fd, n1=rows, n2=cols)
+        plan.add(lib.PR_OP_CONSOLE, f"create the pty (owner uid {proc.user.uid}) and send its "
+                 "master to the console socket", "identity", fd=inp.console_fd, n1=rows, n2=cols,
+                 n3=proc.user.uid)
 
     for key, value in linux.sysctl:
         plan.add(lib.PR_OP_WRITE_FILE, f"sysctl {key} = {value}", "limits",

@@ -126,8 +126,8 @@ def child_calls(op, spec=None):
     if k == "WRITE_FILE":
         return [f"write({_q(op.s1)}, {_q(op.s2)})"]
     if k == "CONSOLE":
-        return ["openat(\"/dev/ptmx\") + ioctl(TIOCGPTPEER)", "sendmsg(console socket, SCM_RIGHTS)",
-                "setsid() + ioctl(TIOCSCTTY) + dup3 onto 0, 1, 2"]
+        return ["openat(\"/dev/ptmx\") + ioctl(TIOCGPTPEER)", f"fchown(pty, {op.n3}, -1)",
+                "sendmsg(console socket, SCM_RIGHTS)", "setsid() + ioctl(TIOCSCTTY) + dup3 onto 0, 1, 2"]
     if k == "RLIMIT":
         return [f"prlimit64(0, {_RLIMIT_NAMES.get(op.n1, op.n1)}, soft={op.flags}, hard={op.flags2})"]
     if k == "PERSONALITY":
