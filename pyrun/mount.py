@@ -148,17 +148,25 @@ def mount_all(mounts, target_dir):
 
 def unmount_all(target_dir, flags=0):
     """Unmount every mount at or below ``target_dir``, deepest first, and
-    each stacked mount on a path until none is left (containerd's
-    ``mount.UnmountAll``).  ``flags`` are umount2(2) flags (MNT_DETACH, …).
-    A path that is not a mount point is not an error."""
+    each stacked mount on a path until none is left: for directories pyrun
+    mounted itself (a rootfs with whatever landed below it).  ``flags``
+    are umount2(2) flags (MNT_DETACH, …).  A path that is not a mount
+    point is not an error."""
     for path in mounts_under(target_dir):
-        while True:
-            try:
-                linux.umount2(path, flags | linux.UMOUNT_NOFOLLOW)
-            except OSError as e:
-                if e.errno in (errno.EINVAL, errno.ENOENT):
-                    break
-                raise
+        unmount_stack(path, flags)
+
+
+def unmount_stack(target, flags=0):
+    """Unmount the mounts stacked on ``target`` itself until none is left,
+    and nothing below it (containerd's ``mount.UnmountAll``, behind ``ctr
+    images unmount``).  A path that is not a mount point is not an error."""
+    while True:
+        try:
+            linux.umount2(target, flags | linux.UMOUNT_NOFOLLOW)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOENT):
+                return
+            raise
 
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")

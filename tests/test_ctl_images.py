@@ -277,3 +277,19 @@ def test_bad_input(ctl, registry, basic_registry, images, safe_tmp):
 
     res = ctl("images", "import", str(safe_tmp / "missing.tar"), ok=False)
     assert "missing.tar" in res.stderr
+
+
+def test_unmount_touches_only_the_target(ctl, safe_tmp):
+    """`images unmount DIR` took every mount below DIR with it (a running
+    container's rootfs, given its state dir; the whole host, given /).
+    Like ctr, it now unmounts only what is stacked on DIR itself."""
+    from pyrun.mount import mounts_under
+
+    sub = safe_tmp / "dir" / "sub"
+    sub.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)], check=True)
+    try:
+        ctl("images", "unmount", str(safe_tmp / "dir"))
+        assert mounts_under(str(safe_tmp / "dir")) == [str(sub)]
+    finally:
+        subprocess.run(["umount", str(sub)], check=True)

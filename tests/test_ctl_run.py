@@ -180,11 +180,24 @@ def test_bad_input(ctl, tmp_path):
         (("run", "--rm", "busybox", "b1", "/no/such/program"), "No such file"),
         (("run", "--rm", "--memory", "lots", "busybox", "b1", "true"), "--memory"),
         (("run", "--rm", "--platform", "linux/arm64", "busybox", "b1", "true"), "not linux/arm64"),
+        # Found by trying to break it: tracebacks, or a snapshot left behind.
+        (("run", "--rm", "--cpus", "nan", "busybox", "b1", "true"), "--cpus"),
+        (("run", "--rm", "--cpus", "inf", "busybox", "b1", "true"), "--cpus"),
+        (("run", "--rm", "busybox", "..", "true"), "invalid container id"),
+        (("run", "--rm", "busybox", "a" * 300, "true"), "invalid container id"),
+        (("images", "bogus"), "unknown command 'images bogus'"),
+        (("--bogus", "images", "ls"), "pyrunctl: unknown flag"),
     ]
+    bad_env = tmp_path / "env"
+    bad_env.write_bytes(b"A=1\n\xff=2\n")
+    cases.append((("run", "--rm", "--env-file", str(bad_env), "busybox", "b1", "true"), "UTF-8"))
     for args, message in cases:
         r = ctl(*args, check=False)
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and "pyrunctl: pyrunctl" not in r.stderr
         assert ctl("containers", "ls", "-q").stdout.split() == []
+        assert ctl("snapshots", "ls").stdout.splitlines()[1:] == [] or \
+            all(line.startswith("sha256:") for line in ctl("snapshots", "ls").stdout.splitlines()[1:])
     ctl("containers", "create", "busybox", "dup", "true")
     r = ctl("containers", "create", "busybox", "dup", "true", check=False)
     assert r.returncode == 1 and "already exists" in r.stderr
@@ -247,3 +260,54 @@ def test_run_path_does_not_load_pyroute2():
             "print('pyroute2' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_removed_snapshot_and_exec_ids(ctl):
+    """`snapshots rm` of a container's rootfs is refused (it used to go,
+    and the container could never be removed after); an exec id is
+    unique while its process lives (ctr's "already exists"); `tasks wait`
+    never reports success for an unknown exit status."""
+    ctl("run", "-d", "busybox", "s1", "sleep", "1000")
+    try:
+        r = ctl("snapshots", "rm", "s1", check=False)
+        assert r.returncode == 1 and "root filesystem of container 's1'" in r.stderr
+        first = subprocess.Popen([PYRUNCTL, "--root", ctl.root, "--state", ctl.state, "tasks",
+                                  "exec", "--exec-id", "e1", "s1", "sleep", "30"])
+        try:
+            for _ in range(200):
+                if os.path.exists(os.path.join(ctl.state, "bundles", "default", "s1", "execs", "e1")):
+                    break
+                time.sleep(0.02)
+            r = ctl("tasks", "exec", "--exec-id", "e1", "s1", "true", check=False)
+            assert r.returncode == 1 and "exec 'e1': already exists" in r.stderr
+        finally:
+            first.kill()
+            first.wait()
+        ctl("tasks", "kill", "-s", "KILL", "s1")
+    finally:
+        ctl("containers", "rm", "--force", "s1")
+    assert "s1" not in ctl("containers", "ls", "-q").stdout
+
+
+
+def test_export_and_wait_errors(ctl, tmp_path):
+    """Found by trying to break it: an export into a missing directory
+    named the internal temp file; a docker-archive export dropped names it
+    could not write as RepoTags and still exited 0; `tasks wait` on a
+    container without a task exited 0."""
+    r = ctl("images", "export", str(tmp_path / "no" / "e.tar"), "busybox", check=False)
+    assert r.returncode == 1 and "no such directory" in r.stderr and ".tmp-" not in r.stderr
+    ctl("images", "tag", "busybox", "a/../b")
+    try:
+        r = ctl("images", "export", "--format", "docker", str(tmp_path / "d.tar"), "a/../b",
+                check=False)
+        assert r.returncode == 1 and "a/../b" in r.stderr
+        assert not os.path.exists(tmp_path / "d.tar")
+    finally:
+        ctl("images", "rm", "a/../b")
+    ctl("containers", "create", "busybox", "w1", "true")
+    try:
+        r = ctl("tasks", "wait", "w1", check=False)
+        assert r.returncode == 1 and "has no task" in r.stderr
+    finally:
+        ctl("containers", "rm", "w1")

@@ -95,3 +95,16 @@ def test_no_command_and_bad_options(rootfs):
             image_spec("c1", "ns", Config(), rootfs, net=bad, seccomp=False)
     with pytest.raises(InvalidArgument, match="--memory -1: must be positive"):
         image_spec("c1", "ns", Config(), rootfs, memory=-1, seccomp=False)
+
+
+def test_image_env_without_equals_is_blamed_on_the_image(rootfs):
+    """An image with an Env entry without '=' failed every container with
+    "--env 'NOEQ': expected KEY=VALUE", a flag the user never gave.  (runc
+    refuses such an entry as well: the error now names the image.)"""
+    with pytest.raises(InvalidArgument, match="image config's Env entry 'NOEQ'"):
+        image_spec("c1", "ns", Config(env=("NOEQ", "A=1")), rootfs, seccomp=False)
+    with pytest.raises(InvalidArgument, match="--env 'NOEQ2'"):
+        image_spec("c1", "ns", Config(), rootfs, env=["NOEQ2"], seccomp=False)
+    with pytest.raises(InvalidArgument, match="--cpus nan"):
+        image_spec("c1", "ns", Config(), rootfs, cpus=float("nan"), seccomp=False)
+

@@ -59,6 +59,9 @@ def _spec_options(args):
                        if line.strip() and not line.lstrip().startswith("#")] + env
         except OSError as e:
             raise InvalidArgument(f"--env-file {args.env_file}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise InvalidArgument(f"--env-file {args.env_file}: not UTF-8 text (byte "
+                                  f"{e.start})") from None
     memory = None
     if args.memory is not None:
         from pyrun.runtime.update import ram_in_bytes
@@ -204,16 +207,20 @@ def tasks_exec(ctx):
             raise InvalidArgument("tasks exec: -t with -d needs attach, which is not supported yet")
         relay, theirs = foreground.console_pair()
     try:
-        pid = svc.exec(a.id, proc, console_fd=theirs.fileno() if theirs else None)
+        pid = svc.exec(a.id, proc, console_fd=theirs.fileno() if theirs else None,
+                       exec_id=a.exec_id)
     finally:
         if theirs is not None:
             theirs.close()
     if a.detach:
         print(pid)
         return 0
-    master = foreground.receive_master(relay) if relay is not None else None
-    with foreground.forwarding(pid):
-        return foreground.wait(pid, master)
+    try:
+        master = foreground.receive_master(relay) if relay is not None else None
+        with foreground.forwarding(pid):
+            return foreground.wait(pid, master)
+    finally:
+        svc.exec_done(a.id, a.exec_id)
 
 
 def tasks_pause(ctx):
@@ -231,8 +238,13 @@ def tasks_metrics(ctx):
 
 def tasks_wait(ctx):
     status = _service(ctx).wait(ctx.args.id)
-    print(status if status is not None else "unknown")
-    return status if isinstance(status, int) else 0
+    if status is None:
+        # Its monitor died, or it ran in the foreground of a pyrunctl that
+        # was killed: containerd's UnknownExitStatus, never success.
+        print("unknown")
+        return 255
+    print(status)
+    return status
 
 
 def tasks_logs(ctx):
@@ -268,7 +280,7 @@ def tasks_attach(ctx):
             pos += len(data)
         if status["status"] in ("stopped", "none"):
             code = svc.wait(ctx.args.id)
-            return code if isinstance(code, int) else 0
+            return code if isinstance(code, int) else 255  # unknown: never success
         time.sleep(0.1)
 
 

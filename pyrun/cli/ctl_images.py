@@ -271,9 +271,11 @@ def images_check(ctx):
     images = _images(ctx)
     sn = ctx.snapshotter()
     rows = [("REF", "TYPE", "DIGEST", "STATUS", "SIZE", "UNPACKED")]
+    broken = 0
     for image in images.list(ctx.args.filters):
         target = _target(image)
         required, chain = [target], None  # chain: the top chain ID, once the config is read
+        damage = None
         try:
             mdesc, doc = _manifest_and_doc(images, image)
             if mdesc.digest != target.digest:
@@ -283,8 +285,15 @@ def images_check(ctx):
                 chain = (chain_ids(read_diff_ids(images.content, doc.config)) or [""])[-1]
         except NotFound:
             pass
+        except InvalidArgument as e:
+            # One bad image is reported as such; the others are still checked.
+            damage = str(e)
         present = [d for d in required if _has(images.content, d.digest)]
-        if not present or present[0] is not target:
+        if damage is not None:
+            status = "broken"
+            broken += 1
+            os.write(2, f"pyrunctl: images check: {image.name}: {damage}\n".encode())
+        elif not present or present[0] is not target:
             status = "missing"
         elif len(present) == len(required) and chain is not None:
             status = "complete"
@@ -302,6 +311,7 @@ def images_check(ctx):
                      f"{_size(sum(d.size for d in present))}/{_size(sum(d.size for d in required))}",
                      str(unpacked).lower()))
     table(rows)
+    return 1 if broken else 0
 
 
 # ---- import, export ----
@@ -452,10 +462,12 @@ def images_mount(ctx):
 
 
 def images_unmount(ctx):
-    from pyrun.mount import unmount_all
+    from pyrun.mount import unmount_stack
 
+    # Only what is stacked on the target, as ctr: a path that happens to
+    # hold other mounts below it (a running container's rootfs) keeps them.
     target = os.path.abspath(ctx.args.target)
-    unmount_all(target)
+    unmount_stack(target)
     leases = ctx.db.leases(ctx.namespace)
     if ctx.args.rm:
         try:

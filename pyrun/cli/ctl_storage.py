@@ -7,7 +7,7 @@ import sys
 from datetime import timedelta
 
 from pyrun.cli.ctl import table
-from pyrun.errdefs import InvalidArgument
+from pyrun.errdefs import FailedPrecondition, InvalidArgument
 
 
 def _labels(items, what="label"):
@@ -124,7 +124,12 @@ def snapshots_info(ctx):
 
 def snapshots_rm(ctx):
     sn = ctx.snapshotter()
+    users = {c.snapshot_key: c.id for c in ctx.db.containers(ctx.namespace).list()
+             if c.snapshotter == ctx.args.snapshotter}
     for key in ctx.args.keys:
+        if key in users:
+            raise FailedPrecondition(f"snapshot {key!r} is the root filesystem of container "
+                                     f"{users[key]!r}: remove the container (containers rm)")
         sn.remove(key)
         print(key)
 

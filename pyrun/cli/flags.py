@@ -42,13 +42,16 @@ def _lookup(flags, arg):
 
 
 def _take(flags, argv, i, out, where):
+    """Take the flag at ``argv[i]``; ``where``: the command, for errors
+    ("" for the global flags: the caller prefixes the program's name)."""
+    where = f"{where}: " if where else ""
     f, value = _lookup(flags, argv[i])
     if f is None:
-        raise InvalidArgument(f"{where}: unknown flag {argv[i]!r} (see --help)")
+        raise InvalidArgument(f"{where}unknown flag {argv[i]!r} (see --help)")
     if f.takes_value:
         if value is None:
             if i + 1 >= len(argv):
-                raise InvalidArgument(f"{where}: {f.names[0]} needs a value")
+                raise InvalidArgument(f"{where}{f.names[0]} needs a value")
             i += 1
             value = argv[i]
         try:
@@ -57,7 +60,7 @@ def _take(flags, argv, i, out, where):
             else:
                 out[f.dest] = f.convert(value)
         except ValueError:
-            raise InvalidArgument(f"{where}: {f.names[0]}: bad value {value!r}") from None
+            raise InvalidArgument(f"{where}{f.names[0]}: bad value {value!r}") from None
     else:
         out[f.dest] = value not in ("false", "0") if value is not None else True
     return i + 1
@@ -71,7 +74,7 @@ def parse(argv, prog, global_flags, commands):
     out = {f.dest: f.default for f in global_flags}
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
-        i = _take(global_flags, argv, i, out, prog)
+        i = _take(global_flags, argv, i, out, "")
     if i >= len(argv):
         out["verb"] = None
         return Args(**out)
@@ -80,11 +83,12 @@ def parse(argv, prog, global_flags, commands):
         words.append(argv[i])
         i += 1
     if tuple(words) not in commands:
-        if words:
+        if words and (i >= len(argv) or argv[i].startswith("-")):
             out["verb"] = " ".join(words)
             out["help"] = True
             return Args(**out)
-        raise InvalidArgument(f"unknown command {argv[i]!r} (see {prog} --help)")
+        raise InvalidArgument(f"unknown command {' '.join([*words, argv[i]])!r} "
+                              f"(see {prog} {' '.join([*words, '--help'])})")
     verb = " ".join(words)
     out["verb"] = verb
     _, positionals, flags = commands[tuple(words)]

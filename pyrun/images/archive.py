@@ -80,7 +80,12 @@ class _TarSource:
             raise InvalidArgument(f"{path}: not a readable tar archive: {e}") from None
         self.members = {}
         links = {}
-        for m in self.tar.getmembers():
+        try:
+            members = self.tar.getmembers()
+        except (tarfile.TarError, EOFError) as e:
+            self.tar.close()
+            raise InvalidArgument(f"{path}: a damaged or truncated tar archive: {e}") from None
+        for m in members:
             name = _member_name(m.name, path)
             if m.isfile() or m.issym() or m.islnk():
                 if name in self.members or name in links:
@@ -512,6 +517,9 @@ def _publish(dest, write, as_dir):
     it into place; nothing is left behind on failure."""
     if os.path.lexists(dest):
         raise FailedPrecondition(f"{dest}: already exists; export writes a new file or directory")
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise NotFound(f"{dest}: no such directory {parent}")
     tmp = os.path.join(os.path.dirname(os.path.abspath(dest)),
                        f".{os.path.basename(dest)}.tmp-{secrets.token_hex(4)}")
     try:
@@ -595,7 +603,10 @@ def export_docker(db, namespace, names, dest, *, platform=None):
                                                     "Layers": layer_names}
             out.append(entry)
         ref = _parse_or_none(name)
-        if ref is not None and ref.tag:
+        if ref is None:
+            raise InvalidArgument(f"image {name!r}: not a reference that a docker-archive "
+                                  "RepoTag can hold; tag it with a valid name first")
+        if ref.tag:
             entry["RepoTags"].append(Reference(ref.domain, ref.path, ref.tag).familiar())
             top = parse_digest(doc.layers[-1].digest)[1] if doc.layers else ""
             repositories.setdefault(Reference(ref.domain, ref.path).familiar(), {})[ref.tag] = top

@@ -126,7 +126,7 @@ def resolve_manifest(content, target, platform=None):
     def walk(desc, depth):
         if depth > MAX_INDEX_DEPTH:
             raise InvalidArgument(f"{target.digest}: indexes nested deeper than {MAX_INDEX_DEPTH}")
-        data = read_small(content, desc.digest, "manifest")
+        data = read_small(content, desc.digest, f"manifest {desc.digest}")
         doc = parse_manifest(data, desc.media_type, f"manifest {desc.digest}")
         if isinstance(doc, Manifest):
             return desc
@@ -202,7 +202,7 @@ class ImageStore:
         """The :class:`ImageConfig` of image ``name`` for ``platform``."""
         desc = self.manifest(name, platform)
         doc = read_manifest(self.content, desc)
-        data = read_small(self.content, doc.config.digest, "image config")
+        data = read_small(self.content, doc.config.digest, f"image config {doc.config.digest}")
         return parse_image_config(data, doc.config.digest)
 
     def unpack(self, name, snapshotter, platform=None, lease=None):

@@ -48,12 +48,12 @@ def chain_ids(diff_ids):
 
 def read_small(store, digest, what):
     """The bytes of a small blob (manifest, index, config) of ``store``,
-    at most ``MAX_JSON``; InvalidArgument naming ``what`` if larger,
-    NotFound if absent."""
+    at most ``MAX_JSON``; InvalidArgument naming ``what`` (which names
+    the digest) if larger, NotFound if absent."""
     with store.reader(digest) as r:
         data = r.read(MAX_JSON + 1)
     if len(data) > MAX_JSON:
-        raise InvalidArgument(f"{what} {digest} is larger than {MAX_JSON} bytes")
+        raise InvalidArgument(f"{what} is larger than {MAX_JSON} bytes")
     return data
 
 

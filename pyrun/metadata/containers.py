@@ -32,6 +32,15 @@ class Container:
     updated_at: datetime = None
 
 
+def validate_id(cid):
+    """Raises InvalidArgument unless ``cid`` is a valid container id
+    (containerd's identifiers: letters and digits joined by '.', '_' or
+    '-', at most 76 characters)."""
+    if not isinstance(cid, str) or len(cid) > 76 or not _ID.fullmatch(cid):
+        raise InvalidArgument(f"invalid container id {cid!r}: use letters and digits joined "
+                              "by '.', '_' or '-', at most 76 characters")
+
+
 class Containers(RecordTable):
     """The containers of one namespace.  Filter fields: id, image,
     runtime.name, snapshotter, labels.<key>."""
@@ -41,9 +50,7 @@ class Containers(RecordTable):
     updatable = ("image", "spec", "snapshot_key", "snapshotter", "extensions", "runtime")
 
     def validate(self, c):
-        if not isinstance(c.id, str) or len(c.id) > 76 or not _ID.fullmatch(c.id):
-            raise InvalidArgument(f"invalid container id {c.id!r}: use letters and digits joined "
-                                  "by '.', '_' or '-', at most 76 characters")
+        validate_id(c.id)
         what = f"container {c.id!r}"
         if not isinstance(c.image, str):
             raise InvalidArgument(f"{what}: image must be a string")

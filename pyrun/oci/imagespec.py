@@ -167,9 +167,16 @@ def image_spec(cid, namespace, config, rootfs, *, args=None, env=(), cwd=None, u
     if not any(e.startswith("PATH=") for e in envs):
         envs.insert(0, DEFAULT_PATH)
     merged = {}
-    for e in envs + list(env):
+    for e in list(env):
         if "=" not in e:
             raise InvalidArgument(f"--env {e!r}: expected KEY=VALUE")
+    for e in config.env:
+        if "=" not in e:
+            # runc refuses such an entry too ("invalid environment
+            # variable"): say it is the image's.
+            raise InvalidArgument(f"the image config's Env entry {e!r} is not KEY=VALUE: no "
+                                  "container can run it")
+    for e in envs + list(env):
         merged[e.split("=", 1)[0]] = e
     if tty:
         merged.setdefault("TERM", "TERM=xterm")
@@ -205,8 +212,9 @@ def image_spec(cid, namespace, config, rootfs, *, args=None, env=(), cwd=None, u
             raise InvalidArgument(f"--memory {memory}: must be positive")
         resources["memory"] = {"limit": int(memory)}
     if cpus is not None:
-        if cpus <= 0:
-            raise InvalidArgument(f"--cpus {cpus}: must be positive")
+        if not 0 < cpus <= 1e6:  # also NaN and infinity
+            raise InvalidArgument(f"--cpus {cpus}: must be a positive number of CPUs "
+                                  "(at most 1000000)")
         resources["cpu"] = {"quota": int(cpus * 100000), "period": 100000}
     if pids_limit is not None:
         if pids_limit <= 0:

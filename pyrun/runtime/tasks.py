@@ -61,9 +61,11 @@ class Service:
         leaves no record, snapshot or bundle."""
         from pyrun.images.store import ImageStore
         from pyrun.metadata import Container
+        from pyrun.metadata.containers import validate_id
         from pyrun.mount import mount_all, unmount_all
         from pyrun.oci.imagespec import image_spec
 
+        validate_id(cid)  # before it names a snapshot and a directory
         try:
             self.records.get(cid)
             raise AlreadyExists(f"container {cid!r} already exists in namespace {self.ns!r}")
@@ -91,7 +93,11 @@ class Service:
         rootfs = os.path.join(bundle, "rootfs")
         made = []
         try:
-            mounts = sn.prepare(cid, chain, labels={"containerd.io/gc.root": "container"})
+            try:
+                mounts = sn.prepare(cid, chain, labels={"containerd.io/gc.root": "container"})
+            except AlreadyExists:
+                raise AlreadyExists(f"container {cid!r} already exists in namespace {self.ns!r} "
+                                    "(or is being created: its snapshot exists)") from None
             made.append("snapshot")
             os.makedirs(rootfs, exist_ok=True)
             made.append("bundle")
@@ -152,7 +158,10 @@ class Service:
         if status["status"] != "none":
             self.delete_task(cid, force=True)
         self._detach_net(cid)  # a detach that failed before is retried
-        self._snapshotter(c).remove(c.snapshot_key)
+        try:
+            self._snapshotter(c).remove(c.snapshot_key)
+        except NotFound:
+            pass  # removed behind our back (snapshots rm): the record still goes
         remove_tree(self.bundle(cid))
         self.records.delete(cid)
 
@@ -337,18 +346,56 @@ class Service:
         self.runtime(c).kill(cid, sig, all=all)
 
     def wait(self, cid, poll=0.05):
-        """Wait for ``cid``'s task to stop; returns its exit status."""
+        """Wait for ``cid``'s task to stop; returns its exit status, or
+        None when it is not known (its monitor died).  NotFound when the
+        container has no task and none ran (ctr: "no running task")."""
         import time
         while True:
             s = self.task_status(cid)
             if s["status"] in ("stopped", "none"):
                 rec = monitor.exit_status(self.bundle(cid))
+                if rec is None and s["status"] == "none":
+                    raise NotFound(f"container {cid!r} has no task")
                 return rec["status"] if rec else s["exit_status"]
             time.sleep(poll)
 
-    def exec(self, cid, process, stdio=None, console_fd=None):
+    def exec(self, cid, process, stdio=None, console_fd=None, exec_id=None):
+        """Start ``process`` (a config.json process dict) in ``cid``'s
+        task; returns its pid.  ``exec_id``: its name, unique among the
+        task's exec processes still alive (ctr's --exec-id): AlreadyExists
+        otherwise; :meth:`exec_done` forgets it.  Raises NotFound,
+        InvalidArgument, FailedPrecondition and the runtime's errors."""
+        from pyrun.runtime.state import proc_start_time
         c = self.get(cid)
-        return self.runtime(c).exec(cid, process, stdio=stdio, console_fd=console_fd)
+        record = None
+        if exec_id is not None:
+            from pyrun.metadata.containers import validate_id
+            try:
+                validate_id(exec_id)
+            except InvalidArgument:
+                raise InvalidArgument(f"invalid exec id {exec_id!r}: use letters and digits "
+                                      "joined by '.', '_' or '-', at most 76 characters") from None
+            record = os.path.join(self.bundle(cid), "execs", exec_id)
+            try:
+                with open(record) as f:
+                    pid, start = (int(x) for x in f.read().split())
+                if proc_start_time(pid) == start:
+                    raise AlreadyExists(f"exec {exec_id!r}: already exists in container {cid!r}")
+            except (FileNotFoundError, ValueError):
+                pass
+        pid = self.runtime(c).exec(cid, process, stdio=stdio, console_fd=console_fd)
+        if record is not None:
+            from pyrun.fsutil import atomic_write
+            os.makedirs(os.path.dirname(record), exist_ok=True)
+            atomic_write(record, f"{pid} {proc_start_time(pid) or 0}".encode(), 0o644)
+        return pid
+
+    def exec_done(self, cid, exec_id):
+        """Forget exec ``exec_id`` of ``cid`` (its process has ended)."""
+        try:
+            os.unlink(os.path.join(self.bundle(cid), "execs", exec_id))
+        except FileNotFoundError:
+            pass
 
     def pids(self, cid):
         c = self.get(cid)
