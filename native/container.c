@@ -1237,6 +1237,15 @@ static void reset_signals(void)
 
 static __attribute__((noreturn)) void child_start(struct pr_plan *p)
 {
+	/* Our copies of what is the parent's alone: its end of the sync
+	 * socket (without it, the parent's death is an EOF on ours, and a
+	 * child waiting for it ends: a SIGKILLed `pyrun create` left its init
+	 * waiting for good) and the container's state lock (an flock belongs
+	 * to the open file, which the copy would hold until our execve). */
+	for (int i = 0; i < 2; i++) {
+		if (p->close_fds[i] >= 0)
+			syscall(SYS_close, p->close_fds[i]);
+	}
 	reset_signals();
 	/* CVE-2019-5736: until execve this process is an image of the
 	 * runtime's interpreter.  Not dumpable, its /proc/<pid>/exe and

@@ -152,6 +152,7 @@ struct pr_plan {
 	int nops;
 	struct pr_op *ops;
 	int sync_fd;
+	int close_fds[2];	/* the parent's fds the child closes first, or -1 */
 	int trace_fd;
 	int root_fd;
 	char *state;

@@ -328,3 +328,72 @@ def test_cli_paths_import_no_heavy_modules():
             "print(' '.join(m for m in heavy if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == []
+
+
+def test_create_killed_midway_leaves_nothing_after_delete(pyrun, bundle, tmp_path):
+    """A SIGKILLed `pyrun create` (here during a createRuntime hook) left
+    its init waiting for good, with no pid on record and its cgroups in
+    every hierarchy.  The init now sees its parent go (its copy of the
+    parent's socket end is closed), and `delete` undoes the rest."""
+    parent = f"/pyrun-test-killed-create-{os.getpid()}"
+    hook = {"path": "/bin/sleep", "args": ["sleep", "5"]}
+    b = bundle(["true"], hooks={"createRuntime": [hook]}, linux_cgroupsPath=f"{parent}/k1")
+    create = subprocess.Popen([PYRUN, "--root", pyrun.root, "create", "-b", b, "k1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = f"/sys/fs/cgroup/pids{parent}/k1/cgroup.procs"
+    try:
+        init = None
+        for _ in range(500):
+            if os.path.exists(procs) and open(procs).read().split():
+                init = int(open(procs).read().split()[0])
+                break
+            time.sleep(0.01)
+        assert init is not None, "the init never joined its cgroup"
+        pidfd = os.pidfd_open(init)
+    finally:
+        create.kill()
+        create.wait()
+    try:
+        import select
+        assert select.select([pidfd], [], [], 10)[0], "the init outlived its create"
+    finally:
+        os.close(pidfd)
+    assert pyrun.state("k1")["status"] == "creating"
+    pyrun("delete", "k1")
+    assert "k1" not in pyrun("list", "-q").stdout
+    left = [d for d in os.listdir("/sys/fs/cgroup")
+            if os.path.exists(f"/sys/fs/cgroup/{d}{parent}/k1")]
+    for d in os.listdir("/sys/fs/cgroup"):
+        if os.path.isdir(f"/sys/fs/cgroup/{d}{parent}"):
+            os.rmdir(f"/sys/fs/cgroup/{d}{parent}")
+    assert left == []
+
+
+def test_cli_error_cases_like_runc(pyrun, bundle, tmp_path):
+    """exec fails with 255 as runc's; --pid-file into a missing directory
+    starts nothing; a relative --cwd, a symlinked rootfs and a bad
+    --preserve-fds are named; signal 0 only asks whether the init lives."""
+    b = bundle(["sleep", "100"])
+    pyrun("run", "-d", "-b", b, "e1", stdin=subprocess.DEVNULL)
+    marker = tmp_path / "ran"
+    r = pyrun("exec", "--pid-file", str(tmp_path / "no" / "p"), "e1", "sh", "-c", "echo x",
+              check=False)
+    assert r.returncode == 255 and "no such directory" in r.stderr
+    assert not marker.exists()
+    r = pyrun("exec", "--cwd", "rel", "e1", "pwd", check=False)
+    assert r.returncode == 255 and "--cwd 'rel'" in r.stderr
+    r = pyrun("exec", "--preserve-fds", "100000", "e1", "true", check=False)
+    assert r.returncode == 255 and "--preserve-fds 100000" in r.stderr
+    assert pyrun("kill", "e1", "0").returncode == 0
+    pyrun("delete", "--force", "e1")
+    link = tmp_path / "linked"
+    os.makedirs(link)
+    os.symlink("/", link / "rootfs")
+    with open(os.path.join(b, "config.json")) as f:
+        config = json.load(f)
+    config["root"] = {"path": "rootfs", "readonly": True}
+    with open(link / "config.json", "w") as f:
+        json.dump(config, f)
+    r = pyrun("run", "-b", str(link), "e2", check=False)
+    assert r.returncode == 1 and "is a symlink" in r.stderr
+    assert "e2" not in pyrun("list", "-q").stdout

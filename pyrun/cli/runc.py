@@ -76,14 +76,20 @@ def main(argv=None):
         return VERBS[args.verb](args) or 0
     except PyrunError as e:
         log.error(str(e))
-        return 1
+        return _failed(args)
     except BrokenPipeError:
         return 0  # e.g. `| head`: the reader is gone
     except OSError as e:
         log.error(str(e))
-        return 1
+        return _failed(args)
     except KeyboardInterrupt:
         return 130
+
+
+def _failed(args):
+    # runc's exec fails with 255, which no process status can be taken
+    # for; every other verb with 1.
+    return 255 if args.verb == "exec" else 1
 
 
 def _check_globals(args):
@@ -153,6 +159,8 @@ def cmd_update(args):
             resources = loads(data)
         except ValueError as e:
             raise InvalidArgument(f"update --resources {where}: not valid JSON: {e}") from None
+        except OSError as e:
+            raise InvalidArgument(f"update --resources {where}: {e.strerror}") from None
     else:
         given = {name: getattr(args, name.replace("-", "_")) for name in UPDATE_FLAG_NAMES}
         resources = update.resources_from_flags({k: v for k, v in given.items() if v is not None})
@@ -221,6 +229,11 @@ def cmd_exec(args):
                 process_json = loads(f.read())
         except (OSError, ValueError) as e:
             raise InvalidArgument(f"--process {args.process}: {e}") from None
+    if args.pid_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.pid_file))):
+        # Before the process starts, not after (as runc).
+        raise InvalidArgument(f"--pid-file {args.pid_file}: no such directory")
+    if args.cwd and not args.cwd.startswith("/"):
+        raise InvalidArgument(f"--cwd {args.cwd!r}: must be an absolute path")
     proc = process_for_exec(store.load(args.id), args.args, process_json=process_json,
                             env=args.env, cwd=args.cwd, user=args.user,
                             additional_gids=args.additional_gids, caps=args.cap,

@@ -83,20 +83,21 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
     StepError (a step of the child stage failed), HookError.
     """
     bundle = os.path.abspath(bundle)
-    if not 0 <= preserve_fds <= 4096:
-        raise InvalidArgument(f"--preserve-fds {preserve_fds}: must be between 0 and 4096")
-    for n in range(3, 3 + preserve_fds):
-        try:
-            os.fstat(n)
-        except OSError:
-            raise InvalidArgument(f"--preserve-fds {preserve_fds}: fd {n} is not open") from None
+    planner.check_preserve_fds(preserve_fds)
     raw, spec = load_bundle(bundle)
-    rootfs = spec.root.path
-    if not os.path.isabs(rootfs):
-        rootfs = os.path.join(bundle, rootfs)
-    rootfs = os.path.realpath(rootfs)
+    given = spec.root.path
+    if not os.path.isabs(given):
+        # Relative to the bundle as runc sees it: from inside it (its cwd).
+        given = os.path.join(os.path.realpath(bundle), given)
+    given = os.path.normpath(given)
+    rootfs = os.path.realpath(given)
     if not os.path.isdir(rootfs):
         raise NotFound(f"root.path: rootfs {rootfs} is not a directory")
+    if rootfs != given:
+        # As runc ("invalid rootfs: not an absolute path, or a symlink"):
+        # a rootfs that is a symlink (say to /) is never what was meant.
+        raise InvalidArgument(f"root.path: {given} is a symlink (to {rootfs}) or goes through "
+                              "one; give the real path")
     if cgroup_manager is None:
         from pyrun.runtime import cgroup
         if cgroup.wanted(spec):
@@ -104,6 +105,9 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
 
     tr = trace.current()
     store.reserve(cid)
+    # Held until create ends: a delete that finds the container
+    # "creating" and gets the lock knows this create died, and undoes it.
+    lock = store.lock(cid)
     low = 3 + preserve_fds
     fds = []
     child = None
@@ -132,6 +136,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
             created_cgroup = True
             st.cgroup = cgroup_manager.describe()
             st.oom = cgroup_manager.oom_counter()
+            store.save(st)  # status creating: what delete needs if we die
         if stdio is not None:
             stdio = planner.move_stdio(stdio, low, fds)
         join = ((), -1)
@@ -153,6 +158,8 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
                 _write_id_maps(pid, spec, tr)
             elif kind == planner.SYNC_HOOKS:
                 st.pid = pid
+                st.start_time = proc_start_time(pid) or 0
+                store.save(st)  # hooks may take long: the init is findable meanwhile
                 state = st.oci()
                 # The init exists and waits: hooks see "created" with its pid
                 # (crun does; the runtime-tools hooks_stdin test wants it).
@@ -166,7 +173,8 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
         if child_trace is not None:
             child_trace.describe(plan, spec)
         child = Child(plan, on_sync, low_fd=low,
-                      trace_fd=child_trace.write_fd if child_trace is not None else -1)
+                      trace_fd=child_trace.write_fd if child_trace is not None else -1,
+                      lock_fd=lock)
         pid = child.spawn()
         st.pid = pid
         st.start_time = proc_start_time(pid) or 0
@@ -199,6 +207,7 @@ def create(store, cid, bundle, *, console_socket=None, console_fd=None, pid_file
         store.remove(cid)
         raise
     finally:
+        os.close(lock)
         for fd in fds:
             try:
                 os.close(fd)

@@ -41,7 +41,10 @@ def delete(store, cid, force=False, cgroup_manager=None):
             store.remove(cid)  # nothing in it can be trusted to undo: drop the record
             return
         require(st, "delete", st.status.can_delete(force))
-        if st.status in (Status.CREATED, Status.RUNNING, Status.PAUSED) and st.alive():
+        # CREATING with a live init: its create died (it holds the lock
+        # while it lives), after the init was cloned.
+        if st.status in (Status.CREATING, Status.CREATED, Status.RUNNING, Status.PAUSED) \
+                and st.alive():
             from pyrun.runtime.kill import signal_container
             signal_container(st, 9, "cleanup")
             if st.status == Status.PAUSED:

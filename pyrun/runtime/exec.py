@@ -107,6 +107,7 @@ def exec_in(cid, init_pid, start_time, spec, process, *, console_socket=None, co
     container's (a ContainerCgroup) or None.  Same returns and errors."""
     if not process.args:
         raise InvalidArgument("exec: process.args must name the program to run")
+    planner.check_preserve_fds(preserve_fds)
     low = 3 + preserve_fds
     fds = []
     child = None

@@ -22,7 +22,7 @@ def parse_signal(s):
     s = str(s).strip()
     if s.isdigit():
         n = int(s)
-        if 0 < n < 65:
+        if 0 <= n < 65:  # 0: only whether the init is alive (runc accepts it)
             return n
         raise InvalidArgument(f"invalid signal {s!r}")
     name = s.upper()

@@ -101,6 +101,18 @@ class Inputs(Record):
                  "pdeathsig": 0, "make_cwd": True}
 
 
+def check_preserve_fds(n):
+    """runc's --preserve-fds: 0 to 4096 fds after stdio, each open.
+    Raises InvalidArgument naming the first that is not."""
+    if not 0 <= n <= 4096:
+        raise InvalidArgument(f"--preserve-fds {n}: must be between 0 and 4096")
+    for fd in range(3, 3 + n):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise InvalidArgument(f"--preserve-fds {n}: fd {fd} is not open") from None
+
+
 def high_fd(fd, low):
     """Move ``fd`` to a number >= ``low`` (close-on-exec), so that it cannot
     collide with the fds the container keeps (0-2 and --preserve-fds)."""

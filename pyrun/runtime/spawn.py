@@ -75,7 +75,7 @@ class _Keep:
         return arr
 
 
-def _build(plan, sync_fd, trace_fd):
+def _build(plan, sync_fd, close_fds, trace_fd):
     keep = _Keep()
     ops = ffi.new("struct pr_op[]", len(plan.ops))
     keep.refs.append(ops)
@@ -107,6 +107,7 @@ def _build(plan, sync_fd, trace_fd):
     p.nops = len(plan.ops)
     p.ops = ops
     p.sync_fd = sync_fd
+    p.close_fds = list(close_fds) + [-1] * (2 - len(close_fds))
     p.trace_fd = trace_fd
     p.root_fd = -1
     bufs = {name: ffi.new("char[]", size) for name, size in
@@ -128,10 +129,11 @@ def _build(plan, sync_fd, trace_fd):
 class Child:
     """The cloned child stage, from the parent's side."""
 
-    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1, until_exec=False):
+    def __init__(self, plan, on_sync, low_fd=3, trace_fd=-1, until_exec=False, lock_fd=-1):
         """``until_exec``: the plan ends in execve with no exec fifo (exec);
         the sync socket closing without an error message means the execve
-        happened."""
+        happened.  ``lock_fd``: a lock of the caller's that the child must
+        not hold (closed first thing in the child)."""
         self.plan = plan
         self.until_exec = until_exec
         self.on_sync = on_sync
@@ -146,7 +148,8 @@ class Child:
         self.sock = parent
         self._child_fd = high_fd(child.detach(), low_fd)
         os.set_inheritable(self._child_fd, False)
-        self._cplan, self._keep = _build(plan, self._child_fd, trace_fd)
+        self._cplan, self._keep = _build(plan, self._child_fd, (parent.fileno(), lock_fd),
+                                         trace_fd)
 
     def spawn(self):
         """Clone the child and drive it to READY (or, ``until_exec``, to
