@@ -397,3 +397,34 @@ def test_cli_error_cases_like_runc(pyrun, bundle, tmp_path):
     r = pyrun("run", "-b", str(link), "e2", check=False)
     assert r.returncode == 1 and "is a symlink" in r.stderr
     assert "e2" not in pyrun("list", "-q").stdout
+
+
+def test_delete_of_a_dead_create_kills_what_is_in_its_groups(pyrun, tmp_path):
+    """A create that died after its init was cloned but before it recorded
+    the pid leaves state "creating" with cgroups only: delete kills what is
+    in them instead of failing on a busy group."""
+    from pyrun.cgroups import new_manager
+    from pyrun.runtime.state import State, Status, Store
+
+    parent = f"/pyrun-test-dead-create-{os.getpid()}"
+    m = new_manager(f"{parent}/d1", "d1")
+    m.create()
+    proc = subprocess.Popen(["sleep", "100"])
+    try:
+        m.apply(proc.pid)
+        store = Store(pyrun.root)
+        store.reserve("d1")
+        store.save(State(id="d1", bundle=str(tmp_path), rootfs=str(tmp_path),
+                         status=Status.CREATING, cgroup=m.describe()))
+        pyrun("delete", "d1")
+        assert proc.wait(timeout=10) == -9
+        assert "d1" not in pyrun("list", "-q").stdout
+        assert not any(os.path.isdir(os.path.join(m.hierarchy_root(k), p.lstrip("/")))
+                       for k, p in m.paths.items())
+    finally:
+        proc.kill()
+        proc.wait()
+        for d in os.listdir("/sys/fs/cgroup"):
+            for path in (f"/sys/fs/cgroup/{d}{parent}/d1", f"/sys/fs/cgroup/{d}{parent}"):
+                if os.path.isdir(path):
+                    os.rmdir(path)

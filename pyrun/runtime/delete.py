@@ -58,6 +58,10 @@ def delete(store, cid, force=False, cgroup_manager=None):
             cgroup_manager = manager_from_state(st)
         unmount_own(st)
         if cgroup_manager is not None:
+            if st.status == Status.CREATING:
+                # A create that died before it recorded the init's pid
+                # (the lock says it is gone): whatever is in its groups.
+                cgroup_manager.kill_all(9)
             cgroup_manager.destroy()
         hooks = ()
         if st.config.get("hooks"):
