@@ -485,6 +485,18 @@ static int do_mount(struct pr_plan *p, struct pr_op *o)
 			r = -EINVAL;	/* the plan never asks for more on a host path */
 		goto out;
 	} else {
+		if (o->n1 & PR_MNT_NO_SYMLINK) {
+			/* runc's CVE-2019-19921 guard: proc or sysfs goes on an
+			 * ordinary directory, never where a symlink of the image
+			 * would send it (even inside the root). */
+			struct stat st;
+			const char *rel = o->s2;
+			while (*rel == '/')
+				rel++;
+			if (*rel && syscall(SYS_newfstatat, p->root_fd, rel, &st,
+					    PR_AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+				return -ELOOP;
+		}
 		fd = open_in_root(p, p->root_fd, o->s2, kind);
 		if (fd < 0)
 			return fd;

@@ -119,6 +119,7 @@ int pr_execve(const char *path, char *const argv[], char *const envp[]);
 #define PR_MNT_TARGET_FILE 2	/* create the target as a file */
 #define PR_MNT_HOST_TARGET 4	/* target is a host path, not inside the root */
 #define PR_MNT_COPYUP 8		/* tmpcopyup: copy the covered directory into the new tmpfs */
+#define PR_MNT_NO_SYMLINK 16	/* the target itself must not be a symlink (proc, sysfs) */
 #define PR_MKNOD_BIND 1		/* bind the host node instead of mknod (user ns) */
 
 #define PR_MK_NONE 0

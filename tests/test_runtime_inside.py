@@ -124,6 +124,24 @@ def test_symlinked_mount_destination_stays_inside(pyrun, tmp_path, busybox_rootf
     assert (rootfs / str(outside).lstrip("/") / "sub").is_dir()  # created inside instead
 
 
+def test_proc_on_a_symlink_is_refused(pyrun, tmp_path, busybox_rootfs):
+    """runc's CVE-2019-19921 guard: an image whose /proc is a symlink (to
+    a directory it controls) gets no proc mount there; pyrun followed it,
+    inside the rootfs."""
+    import shutil
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+    shutil.rmtree(rootfs / "proc")  # an empty directory of our own copy
+    (rootfs / "fakeproc").mkdir()
+    os.symlink("/fakeproc", rootfs / "proc")
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, str(rootfs), ["true"])
+    r = pyrun("run", "-b", str(bundle), "c1", check=False)
+    assert r.returncode == 1 and "mount proc on /proc" in r.stderr and "symlink" in r.stderr
+    assert list((rootfs / "fakeproc").iterdir()) == []
+    assert "c1" not in pyrun("list", "-q").stdout
+
+
 def test_seccomp_errno_and_default_action(pyrun, tmp_path, busybox_rootfs):
     seccomp = {
         "defaultAction": "SCMP_ACT_ALLOW",

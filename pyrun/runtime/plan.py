@@ -328,9 +328,10 @@ def _plan_mount(plan, i, m, inp, cgroupns):
     if data and len(data) > 4095:
         raise InvalidArgument(f"mounts[{i}].options: data longer than a page")
     what = f"mount {m.type or m.source} on {m.destination} ({L.flag_names(flags, L.MS_FLAGS)}{', ' + data if data else ''})"
+    no_link = lib.PR_MNT_NO_SYMLINK if m.type in ("proc", "sysfs") else 0
     plan.add(lib.PR_OP_MOUNT, what + (", copy up" if copyup else ""), "rootfs",
              s1=m.source or m.type, s2=dest, s3=m.type or None, s4=data or None, flags=flags,
-             flags3=props, n1=copyup, n2=rec_set, n3=rec_clr)
+             flags3=props, n1=copyup | no_link, n2=rec_set, n3=rec_clr)
 
 
 def build(spec, inp):

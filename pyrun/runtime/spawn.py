@@ -47,6 +47,10 @@ class StepError(OSError):
             # The child stage reports a hook's failure with these two.
             reason = {errno.ECHILD: "it failed (exit status not 0, or it could not be run)",
                       errno.ETIMEDOUT: "it timed out"}.get(err, reason)
+        elif kind == lib.PR_OP_MOUNT and err == errno.ELOOP and step.startswith(("mount proc",
+                                                                                  "mount sysfs")):
+            reason = ("the destination in the rootfs is a symlink; proc and sysfs are only "
+                      "mounted on an ordinary directory (as runc: CVE-2019-19921)")
         super().__init__(err, f"{step}: {reason}")
 
     def __str__(self):
