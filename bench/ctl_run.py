@@ -20,7 +20,6 @@ Rerun, as root, from the checkout (after bash scripts/setup):
 """
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from busybox_image import write_oci_archive  # noqa: E402
 from cgroup_helpers import hierarchies, new_parent_name, remove_test_parent  # noqa: E402
 from engine_fixtures import IMAGE, containerd_engine, podman_engine  # noqa: E402
-from interleave import time_interleaved  # noqa: E402
+from interleave import require, time_interleaved  # noqa: E402
 
 from pyrun.fsutil import remove_tree  # noqa: E402
 from pyrun.mount import unmount_all  # noqa: E402
@@ -74,11 +73,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=30, help="runs per tool (default 30)")
     opts = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("ctl_run: needs root")
-    for tool in ("containerd", "ctr", "podman", "runc"):
-        if shutil.which(tool) is None:
-            sys.exit(f"ctl_run: {tool} is not installed (bash scripts/setup installs it)")
+    require("ctl_run", ("containerd", "ctr", "podman", "runc"))
 
     tmp = tempfile.mkdtemp(prefix="pyrun-bench-ctl-")
     pyrun_parents = [h for h in hierarchies() if not os.path.isdir(os.path.join(h, "pyrun"))]

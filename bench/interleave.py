@@ -1,7 +1,20 @@
-"""Timing shared by the bench scripts: run every variant in turn,
-round-robin, so that all share the machine's noise."""
+"""Shared by the bench scripts: the check that they can run here, and
+the timing (every variant in turn, round-robin, so that all share the
+machine's noise)."""
+import os
+import shutil
 import sys
 import time
+
+
+def require(tag, tools=(), root=True):
+    """Exit, naming what is missing, unless we are root (``root``) and
+    every one of ``tools`` is on PATH (scripts/setup installs them)."""
+    if root and os.geteuid() != 0:
+        sys.exit(f"{tag}: needs root")
+    for tool in tools:
+        if shutil.which(tool) is None:
+            sys.exit(f"{tag}: {tool} is not installed (bash scripts/setup installs it)")
 
 
 def time_interleaved(runners, reps, tag):

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 
 from conftest import make_busybox_rootfs  # noqa: E402
-from interleave import time_interleaved  # noqa: E402
+from interleave import require, time_interleaved  # noqa: E402
 from run_true import (CGROUPS_PATH, cleanup_cgroups, cleanup_cli, print_table,  # noqa: E402
                       write_crun_wrapper)
 from runtime_helpers import make_bundle  # noqa: E402
@@ -48,8 +48,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=50, help="runs per runtime (default 50)")
     opts = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("lifecycle: needs root")
+    require("lifecycle", ("runc", "crun", "unshare"))
     pyrun_cli = os.path.join(os.path.dirname(sys.executable), "pyrun")
     tmp = tempfile.mkdtemp(prefix="pyrun-bench-")
     wrapper = write_crun_wrapper(tmp)

@@ -34,10 +34,8 @@ import argparse
 import gzip
 import hashlib
 import io
-import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -49,15 +47,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from pyrun.content import ContentStore, write_blob  # noqa: E402
-from pyrun.content.digest import digest_bytes  # noqa: E402
+from interleave import require  # noqa: E402
 from pyrun.fsutil import remove_tree  # noqa: E402
 from pyrun.images.store import pull_image  # noqa: E402
 from pyrun.metadata import DB  # noqa: E402
-from pyrun.registry import Client, Descriptor, Hosts, push  # noqa: E402
-from pyrun.registry.manifest import OCI_MANIFEST  # noqa: E402
+from pyrun.registry import Client, Hosts  # noqa: E402
 from pyrun.snapshots import registry as snapshotters  # noqa: E402
 from registry_fixtures import start_registry, stop_registry  # noqa: E402
+from registry_pull import push_layers  # noqa: E402
 
 CACHE = "/var/tmp/pyrun-bench-cache"
 DEBIAN_LAYER = os.path.join(CACHE, "bookworm-minbase.tar.gz")
@@ -141,30 +138,15 @@ def debian_layer():
 
 def push_image(reg, work, name, blobs):
     """Push an image whose layers are ``blobs`` (list of (gzipped bytes or
-    a path, diffID)); return its reference."""
-    store = ContentStore(os.path.join(work, f"src-{name}"))
-    layers, diff_ids = [], []
-    for i, (blob, diff_id) in enumerate(blobs):
-        data = blob if isinstance(blob, bytes) else open(blob, "rb").read()
-        d = {"mediaType": GZ_LAYER, "digest": digest_bytes(data), "size": len(data)}
-        write_blob(store, f"l{i}", data, d)
-        layers.append(d)
-        diff_ids.append(diff_id)
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Cmd": ["/bin/sh"]},
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    cd = {"mediaType": "application/vnd.oci.image.config.v1+json",
-          "digest": digest_bytes(config), "size": len(config)}
-    write_blob(store, "c", config, cd)
-    man = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cd,
-                      "layers": layers}).encode()
-    md = {"mediaType": OCI_MANIFEST, "digest": digest_bytes(man), "size": len(man)}
-    write_blob(store, "m", man, md)
-    ref = f"{reg.host}/bench/{name}:1"
-    push(ref, store, Descriptor(OCI_MANIFEST, md["digest"], md["size"]),
-         client=Client(hosts=Hosts.plain_http(reg.host), credentials=lambda h: None))
-    remove_tree(store.root)
-    return ref, sum(x["size"] for x in layers)
+    a path, diffID)); return (its reference, the layers' size in bytes)."""
+    layers = []
+    for blob, diff_id in blobs:
+        if not isinstance(blob, bytes):
+            with open(blob, "rb") as f:
+                blob = f.read()
+        layers.append((blob, diff_id))
+    return push_layers(reg, Client(hosts=Hosts.plain_http(reg.host), credentials=lambda h: None),
+                       work, name, layers, GZ_LAYER)
 
 
 def gz_diff_id(path):
@@ -260,9 +242,7 @@ def main():
     ap.add_argument("--only", default=None, help='one image: "5 layers" or "debian"')
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir in /var/tmp)")
     args = ap.parse_args()
-    for tool in ("docker-registry", "containerd", "ctr", "skopeo", "umoci"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} not found on PATH")
+    require("pull_unpack", ("docker-registry", "containerd", "ctr", "skopeo", "umoci"), root=False)
     work = tempfile.mkdtemp(prefix="pyrun-bench-unpack-", dir=args.dir or "/var/tmp")
     reg = start_registry(os.path.join(work, "registry"))
     rows = []

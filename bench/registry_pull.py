@@ -38,28 +38,41 @@ from registry_fixtures import start_registry, stop_registry  # noqa: E402
 IMAGES = {"5 x 4 MiB": [4 << 20] * 5, "1 x 64 MiB": [64 << 20]}
 
 
-def make_image(reg, client, work, name, sizes):
-    """Push an image of random layers of ``sizes`` bytes; return its ref."""
-    store = ContentStore(os.path.join(work, f"src-{len(sizes)}"))
-    layers = []
-    for i, size in enumerate(sizes):
-        data = os.urandom(size)
-        d = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest_bytes(data),
-             "size": size}
+def push_layers(reg, client, work, name, layers, media_type):
+    """Push an image whose layers are ``layers`` ([(blob bytes, diffID)],
+    blobs of ``media_type``) to ``reg``; returns (its reference, the
+    layers' total size in bytes)."""
+    store = ContentStore(os.path.join(work, f"src-{name}"))
+    descs = []
+    for i, (data, _) in enumerate(layers):
+        d = {"mediaType": media_type, "digest": digest_bytes(data), "size": len(data)}
         write_blob(store, f"l{i}", data, d)
-        layers.append(d)
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in layers]}}).encode()
+        descs.append(d)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": [diff_id for _, diff_id in layers]}}).encode()
     cd = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_bytes(config),
           "size": len(config)}
     write_blob(store, "c", config, cd)
     man = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cd,
-                      "layers": layers}).encode()
+                      "layers": descs}).encode()
     md = {"mediaType": OCI_MANIFEST, "digest": digest_bytes(man), "size": len(man)}
     write_blob(store, "m", man, md)
     ref = f"{reg.host}/bench/{name}:1"
     push(ref, store, Descriptor(OCI_MANIFEST, md["digest"], md["size"]), client=client)
-    return ref
+    remove_tree(store.root)
+    return ref, sum(d["size"] for d in descs)
+
+
+def make_image(reg, client, work, name, sizes):
+    """Push an image of random uncompressed layers of ``sizes`` bytes;
+    return its ref."""
+    layers = []
+    for size in sizes:
+        data = os.urandom(size)
+        layers.append((data, digest_bytes(data)))
+    return push_layers(reg, client, work, name, layers,
+                       "application/vnd.oci.image.layer.v1.tar")[0]
 
 
 def timed(fn):

@@ -17,7 +17,6 @@ Rerun, as root, from the checkout (after bash scripts/setup):
 """
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from conftest import make_busybox_rootfs  # noqa: E402
-from interleave import time_interleaved  # noqa: E402
+from interleave import require, time_interleaved  # noqa: E402
 from runtime_helpers import make_bundle  # noqa: E402
 
 from pyrun.fsutil import remove_tree  # noqa: E402
@@ -116,11 +115,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=100, help="runs per runtime (default 100)")
     opts = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("run_true: needs root")
-    for tool in ("runc", "crun", "unshare"):
-        if shutil.which(tool) is None:
-            sys.exit(f"run_true: {tool} is not installed (bash scripts/setup installs it)")
+    require("run_true", ("runc", "crun", "unshare"))
     pyrun_cli = os.path.join(os.path.dirname(sys.executable), "pyrun")
     if not os.access(pyrun_cli, os.X_OK):
         sys.exit(f"run_true: {pyrun_cli} is missing; run this with the venv's python "

@@ -27,8 +27,6 @@ Rerun, as root, from the checkout (after bash scripts/setup):
 """
 import argparse
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +38,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 from conftest import make_busybox_rootfs  # noqa: E402
-from run_true import write_crun_wrapper  # noqa: E402
+from interleave import require, time_interleaved  # noqa: E402
+from run_true import print_table, write_crun_wrapper  # noqa: E402
 from runtime_helpers import make_bundle  # noqa: E402
 
 import pyrun  # noqa: E402
@@ -50,11 +49,6 @@ from pyrun.oci.seccomp_default import default_profile  # noqa: E402
 
 PARENT = "/pyrun-test-bench-sandbox"
 LIMITS = {"memory": {"limit": 256 << 20, "swap": 256 << 20}, "pids": {"limit": 128}}
-
-
-def stats_row(name, t, ref):
-    med = statistics.median(t)
-    return f"{name:<18}{med:8.2f}{min(t):8.2f}{max(t):8.2f}{med / ref:9.2f}"
 
 
 def cli(argv, root, bundle):
@@ -96,11 +90,7 @@ def main():
     ap.add_argument("--count", type=int, default=200, help="sandboxes per throughput run")
     ap.add_argument("--threads", type=int, default=2)
     opts = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench/sandbox: needs root")
-    for tool in ("bwrap", "runc", "crun", "unshare"):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench/sandbox: {tool} is not installed")
+    require("bench/sandbox", ("bwrap", "runc", "crun", "unshare"))
 
     tmp = tempfile.mkdtemp(prefix="pyrun-bench-sandbox-")
     wrapper = write_crun_wrapper(tmp)
@@ -125,20 +115,8 @@ def main():
         "runc run": cli(["runc"], runc_root, lat_bundle),
         "crun run": cli([wrapper], crun_root, lat_bundle),
     }
-    names = list(runners)
-    times = {n: [] for n in names}
     try:
-        for n in names:
-            if runners[n]("warmup") != 0:
-                sys.exit(f"bench/sandbox: {n} failed to run true")
-        for i in range(opts.reps):
-            k = i % len(names)
-            for n in names[k:] + names[:k]:
-                t0 = time.perf_counter()
-                rc = runners[n](f"lat-{i}")
-                times[n].append((time.perf_counter() - t0) * 1000)
-                if rc != 0:
-                    sys.exit(f"bench/sandbox: {n} exited {rc} on run {i}")
+        times = time_interleaved(runners, opts.reps, "bench/sandbox")
 
         # Throughput: every crun worker needs its own bundle (cgroupsPath).
         def crun_runner(seccomp):
@@ -175,11 +153,8 @@ def main():
                 os.rmdir(top)
         remove_tree(tmp)
 
-    ref = statistics.median(times["bwrap"])
-    print(f"latency: spawn to exit of `true`, {opts.reps} runs each, interleaved (ms)")
-    print(f"{'tool':<18}{'median':>8}{'min':>8}{'max':>8}{'/bwrap':>9}")
-    for n in names:
-        print(stats_row(n, times[n], ref))
+    print_table(f"latency: spawn to exit of `true`, {opts.reps} runs each, interleaved (ms)",
+                times, ["bwrap"], first="tool")
     print(f"\nthroughput: {opts.count} sandboxes on {opts.threads} threads (per second)")
     for n, v in tp.items():
         print(f"{n:<18}{v:8.1f}{v / tp['crun run']:9.2f} x crun run")

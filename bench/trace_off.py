@@ -30,7 +30,7 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
 from conftest import make_busybox_rootfs  # noqa: E402
-from interleave import time_interleaved  # noqa: E402
+from interleave import require, time_interleaved  # noqa: E402
 from run_true import library_runner  # noqa: E402
 from runtime_helpers import make_bundle  # noqa: E402
 
@@ -81,8 +81,7 @@ def main():
     ap.add_argument("--base", default=None,
                     help="commit without the trace code (default: merge-base of HEAD and main)")
     opts = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("trace_off: needs root")
+    require("trace_off")
     base = opts.base or subprocess.run(["git", "-C", TOP, "merge-base", "HEAD", "main"], check=True,
                                        capture_output=True, text=True).stdout.strip()
     tmp = tempfile.mkdtemp(prefix="pyrun-bench-trace-")
