@@ -32,12 +32,12 @@ class Container:
     updated_at: datetime = None
 
 
-def validate_id(cid):
-    """Raises InvalidArgument unless ``cid`` is a valid container id
-    (containerd's identifiers: letters and digits joined by '.', '_' or
-    '-', at most 76 characters)."""
+def validate_id(cid, what="container id"):
+    """Raises InvalidArgument unless ``cid`` is a valid ``what`` (containerd's
+    identifiers: letters and digits joined by '.', '_' or '-', at most 76
+    characters)."""
     if not isinstance(cid, str) or len(cid) > 76 or not _ID.fullmatch(cid):
-        raise InvalidArgument(f"invalid container id {cid!r}: use letters and digits joined "
+        raise InvalidArgument(f"invalid {what} {cid!r}: use letters and digits joined "
                               "by '.', '_' or '-', at most 76 characters")
 
 

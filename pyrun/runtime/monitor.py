@@ -13,6 +13,7 @@ for its whole life, so a reader that sees the init gone can wait for the
 record instead of racing the monitor.  It needs a single-threaded caller (it
 forks and runs Python in the child), which the CLI is.
 """
+import fcntl
 import os
 
 from pyrun.errdefs import FailedPrecondition
@@ -54,7 +55,6 @@ def exit_status(task_dir, settled=False):
     except FileNotFoundError:
         return None
     try:
-        import fcntl
         fcntl.flock(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
@@ -111,7 +111,6 @@ def _monitor(backend, cid, bundle, task_dir, log_path, stdin_path, report, on_cr
         return 0
     os.setsid()
     linux.set_child_subreaper()
-    import fcntl
     lock = os.open(os.path.join(task_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     fcntl.flock(lock, fcntl.LOCK_EX)  # until this process ends
     stdin = os.open(stdin_path, os.O_RDONLY | os.O_CLOEXEC)

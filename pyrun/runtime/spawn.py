@@ -13,13 +13,14 @@ import struct
 
 from pyrun import trace
 from pyrun._native import ffi, lib
+from pyrun.linux import CLONE_NEWTIME
 from pyrun.runtime.plan import high_fd
 
 _MSG = struct.Struct("iiiiq")
 # Steps that wait for the parent or fork a stage that reports to it.
 _WAITS = (lib.PR_OP_SYNC, lib.PR_OP_WAIT_START, lib.PR_OP_FORK)
 # CLONE_NEWTIME does not fit in the flags of clone(2).
-_NO_VM_FLAGS = 0x80
+_NO_VM_FLAGS = CLONE_NEWTIME
 _STATE_CAP = 1 << 16
 
 

@@ -370,11 +370,7 @@ class Service:
         record = None
         if exec_id is not None:
             from pyrun.metadata.containers import validate_id
-            try:
-                validate_id(exec_id)
-            except InvalidArgument:
-                raise InvalidArgument(f"invalid exec id {exec_id!r}: use letters and digits "
-                                      "joined by '.', '_' or '-', at most 76 characters") from None
+            validate_id(exec_id, "exec id")
             record = os.path.join(self.bundle(cid), "execs", exec_id)
             try:
                 with open(record) as f:

@@ -102,9 +102,10 @@ class _Container:
         self.cid = _new_id()
         self.dir = None
         self.cg = None
+        self.cg_made = False
         self.child = None
         self.reaped = False
-        self.pidns = None
+        self.start_time = self.pidns = None  # set by Sandbox, which execs
         self.image = None
         self.lifeline = -1
         try:
@@ -120,11 +121,10 @@ class _Container:
             self.spec = C.spec_for(opts, self.cid, argv, env, cwd, rootfs)
             self.cg = C.make_cgroup(opts, self.cid, need_freezer)
             self.cg.create()
+            self.cg_made = True
             # Limits first: the init is born into capped groups.
             self.cg.set_resources()
             self._launch(rootfs, stdio, pdeathsig)
-            self.start_time = proc_start_time(self.pid)
-            self.pidns = os.readlink(f"/proc/{self.pid}/ns/pid")
         except BaseException as e:
             _close_noting(self, e)
             raise
@@ -178,11 +178,12 @@ class _Container:
                 self.lifeline = -1
             if self.cg is not None:
                 self.cg.destroy()
-                # What create() made but had no time to record (an
-                # interrupt): the groups are this sandbox's alone.
-                m = self.cg.manager
-                for key, path in m.paths.items():
-                    fs.remove_dir(m.hierarchy_root(key), path)
+                if not self.cg_made:
+                    # What an interrupted create() made but had no time
+                    # to record: the groups are this sandbox's alone.
+                    m = self.cg.manager
+                    for key, path in m.paths.items():
+                        fs.remove_dir(m.hierarchy_root(key), path)
                 self.cg = None
             if self.image is not None:
                 self.image.unmount(self.cid, os.path.join(self.dir, "rootfs"))
@@ -199,7 +200,6 @@ class _Container:
                 except OSError:
                     remove_tree(self.dir)
                 self.dir = None
-
 
     def _await_init(self):
         """Wait until the (killed) init has exited.  Its exit waits for
@@ -393,6 +393,10 @@ class Sandbox:
             self._ctr = _Container(self._opts, ["cat"], C.check_env(None), "/",
                                    (r, null, null), scratch, need_freezer=True)
             self._ctr.lifeline, w = w, -1
+            # What exec (and, for strays, close) need of the init.
+            ctr = self._ctr
+            ctr.start_time = proc_start_time(ctr.pid)
+            ctr.pidns = os.readlink(f"/proc/{ctr.pid}/ns/pid")
         except StepError as e:
             if e.step.startswith("find 'cat'"):
                 raise FailedPrecondition(f"a Sandbox needs `cat` in its root filesystem for its "
